@@ -1,0 +1,271 @@
+//! The single-flight fill: one upstream download per missing blob, written
+//! to a temporary file that every waiting client reads from as it grows,
+//! verified against the digest, then committed or dropped.
+
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{FutureExt as _, Stream, StreamExt as _};
+use reqwest::Method;
+use tokio::sync::watch;
+
+use super::store::Store;
+use crate::oci::error::{ErrorCode, RegistryError};
+use crate::oci::reference::{Digest, Hasher};
+use crate::upstream::Upstream;
+
+/// How many bytes one read of a file hands to a client at once.
+const READ_CHUNK: u64 = 256 * 1024;
+/// How many bytes already received from upstream are written in one go.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Where a fill stands. Clients poll it through a watch channel.
+#[derive(Clone, Debug)]
+pub enum FillState {
+    /// Waiting for upstream's response headers.
+    Starting,
+    /// Bytes `0..available` are on disk and may be sent. Until the digest is
+    /// checked the last byte is held back, so no client can receive a
+    /// complete-looking body with wrong bytes.
+    Streaming { size: Option<u64>, available: u64 },
+    /// Verified and committed to the cache.
+    Done { size: u64 },
+    Failed(RegistryError),
+}
+
+/// One download in progress; shared by every client that wants the blob.
+pub struct Fill {
+    /// A read handle on the temporary file. It stays valid after the file
+    /// is renamed into the cache or removed, so readers never race those.
+    file: Arc<std::fs::File>,
+    state: watch::Receiver<FillState>,
+}
+
+impl Fill {
+    /// Starts downloading `digest` from `upstream` into a temporary file of
+    /// `store`. `finished` runs once the fill has ended either way.
+    pub fn start(
+        store: Arc<Store>,
+        upstream: Arc<Upstream>,
+        repository: String,
+        digest: Digest,
+        finished: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Arc<Fill>> {
+        let temp = store.temp_path();
+        let writer = std::fs::File::create(&temp)?;
+        let reader = std::fs::File::open(&temp)?;
+        let (state_tx, state_rx) = watch::channel(FillState::Starting);
+
+        let task = FillTask {
+            store,
+            upstream,
+            repository,
+            digest,
+            temp,
+            state: state_tx,
+        };
+        tokio::spawn(async move {
+            task.run(writer).await;
+            finished();
+        });
+        Ok(Arc::new(Fill {
+            file: Arc::new(reader),
+            state: state_rx,
+        }))
+    }
+
+    /// Waits for upstream's answer: the blob's size if it sent one, or the
+    /// error every waiting client should get instead of a body.
+    pub async fn started(&self) -> Result<Option<u64>, RegistryError> {
+        let mut state = self.state.clone();
+        let state = state
+            .wait_for(|s| !matches!(s, FillState::Starting))
+            .await
+            .map_err(|_| RegistryError::internal("the fill ended without saying how"))?;
+        match &*state {
+            FillState::Streaming { size, .. } => Ok(*size),
+            FillState::Done { size } => Ok(Some(*size)),
+            FillState::Failed(err) => Err(err.clone()),
+            FillState::Starting => unreachable!("wait_for skips Starting"),
+        }
+    }
+
+    /// Waits for the fill to end and returns the final size.
+    pub async fn finished(&self) -> Result<u64, RegistryError> {
+        let mut state = self.state.clone();
+        let state = state
+            .wait_for(|s| matches!(s, FillState::Done { .. } | FillState::Failed(_)))
+            .await
+            .map_err(|_| RegistryError::internal("the fill ended without saying how"))?;
+        match &*state {
+            FillState::Done { size } => Ok(*size),
+            FillState::Failed(err) => Err(err.clone()),
+            _ => unreachable!("wait_for returns only ended states"),
+        }
+    }
+}
+
+struct FillTask {
+    store: Arc<Store>,
+    upstream: Arc<Upstream>,
+    repository: String,
+    digest: Digest,
+    temp: PathBuf,
+    state: watch::Sender<FillState>,
+}
+
+impl FillTask {
+    async fn run(self, writer: std::fs::File) {
+        let started = std::time::Instant::now();
+        match self.download(writer).await {
+            Ok(size) => {
+                tracing::debug!(digest = %self.digest, bytes = size, duration_ms = started.elapsed().as_millis() as u64, "fill committed");
+                self.state.send_replace(FillState::Done { size });
+            }
+            Err(err) => {
+                tracing::warn!(upstream = self.upstream.name(), digest = %self.digest, error = %err, "fill failed; nothing was cached");
+                let _ = std::fs::remove_file(&self.temp);
+                self.state.send_replace(FillState::Failed(err));
+            }
+        }
+    }
+
+    async fn download(&self, writer: std::fs::File) -> Result<u64, RegistryError> {
+        let name = self.upstream.name();
+        let response = self
+            .upstream
+            .fetch(Method::GET, &self.repository, &format!("blobs/{}", self.digest), None, ErrorCode::BlobUnknown)
+            .await?;
+        let size = content_length(response.headers());
+        self.state.send_replace(FillState::Streaming { size, available: 0 });
+
+        let mut body = response.bytes_stream();
+        let mut writer = writer;
+        let mut hasher = Hasher::new(self.digest.algorithm());
+        let mut written: u64 = 0;
+        let cut = |e: reqwest::Error| RegistryError::bad_gateway(format!("{name} cut the blob stream: {e}"));
+
+        while let Some(first) = body.next().await {
+            // Take whatever else has already arrived, so that a fast
+            // upstream is written in large batches and a slow one promptly.
+            let mut batch = first.map_err(cut)?.to_vec();
+            while batch.len() < WRITE_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(chunk)) => batch.extend_from_slice(&chunk.map_err(cut)?),
+                    _ => break,
+                }
+            }
+            written += batch.len() as u64;
+            if size.is_some_and(|s| written > s) {
+                return Err(RegistryError::bad_gateway(format!("{name} sent more bytes than it declared")));
+            }
+
+            // Hashing and writing both cost CPU time that would otherwise
+            // stall the runtime's worker; do them off it.
+            let (w, h, result) = tokio::task::spawn_blocking(move || {
+                hasher.update(&batch);
+                let result = writer.write_all(&batch);
+                (writer, hasher, result)
+            })
+            .await
+            .map_err(|e| RegistryError::internal(format!("fill writer failed: {e}")))?;
+            (writer, hasher) = (w, h);
+            result.map_err(|e| RegistryError::internal(format!("cannot write to the cache: {e}")))?;
+
+            let available = match size {
+                Some(size) => written.min(size.saturating_sub(1)),
+                None => written,
+            };
+            self.state.send_replace(FillState::Streaming { size, available });
+        }
+
+        if size.is_some_and(|s| written != s) {
+            return Err(RegistryError::bad_gateway(format!(
+                "{name} ended the blob after {written} of {} bytes",
+                size.unwrap_or_default()
+            )));
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(RegistryError::bad_gateway(format!("{name} sent bytes whose digest is {actual}, not the one asked for")));
+        }
+
+        let temp = self.temp.clone();
+        let path = self.store.blob_path(&self.digest);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.sync_data()?;
+            store.commit(&temp, &path)
+        })
+        .await
+        .map_err(|e| RegistryError::internal(format!("fill commit failed: {e}")))?
+        .map_err(|e| RegistryError::internal(format!("cannot commit a blob to the cache: {e}")))?;
+        Ok(written)
+    }
+}
+
+pub fn content_length(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Where a client's bytes come from: a committed file, or a fill under way.
+pub enum Source {
+    File(Arc<std::fs::File>),
+    Fill(Arc<Fill>),
+}
+
+/// Streams bytes `start..end` of a blob (`end` unknown until a fill of
+/// unknown size finishes). The stream fails, rather than ends, when the
+/// fill fails, so the client's response is aborted.
+pub fn read_range(source: Source, start: u64, end: Option<u64>) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    // The last byte of a range is held back until the fill is verified, so
+    // a failed fill can still abort the response of every reader.
+    let hold = move |available: u64| end.map_or(available, |e| available.min(e.saturating_sub(1)));
+    futures_util::stream::unfold((source, start), move |(source, pos)| async move {
+        if pos == u64::MAX {
+            return None;
+        }
+        let (file, limit) = match &source {
+            Source::File(file) => (file.clone(), end?),
+            Source::Fill(fill) => {
+                let mut state = fill.state.clone();
+                let ready = state
+                    .wait_for(|s| match s {
+                        FillState::Streaming { available, .. } => hold(*available) > pos,
+                        _ => !matches!(s, FillState::Starting),
+                    })
+                    .await
+                    .map(|s| s.clone());
+                let limit = match ready {
+                    Ok(FillState::Streaming { available, .. }) => hold(available),
+                    Ok(FillState::Done { size }) => end.map_or(size, |e| e.min(size)),
+                    Ok(FillState::Failed(err)) => {
+                        return Some((Err(std::io::Error::other(err.message)), (source, u64::MAX)));
+                    }
+                    _ => return Some((Err(std::io::Error::other("the fill ended without saying how")), (source, u64::MAX))),
+                };
+                (fill.file.clone(), limit)
+            }
+        };
+        if pos >= limit {
+            return None;
+        }
+        let len = (limit - pos).min(READ_CHUNK) as usize;
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match chunk {
+            Ok(chunk) => Some((Ok(chunk), (source, pos + len as u64))),
+            Err(e) => Some((Err(e), (source, u64::MAX))),
+        }
+    })
+}

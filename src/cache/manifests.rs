@@ -1,0 +1,321 @@
+//! Manifests: immutable by digest, and tag → digest records trusted for a
+//! TTL, then revalidated with a HEAD, and served stale when upstream fails.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::CONTENT_TYPE;
+use serde::{Deserialize, Serialize};
+
+use super::CacheResult;
+use super::store::Store;
+use crate::oci::error::{ErrorCode, RegistryError};
+use crate::oci::media::{ALL_MANIFESTS, Accept, looks_like_manifest_type};
+use crate::oci::reference::{Algorithm, Digest, Reference};
+use crate::upstream::Upstream;
+
+/// The largest manifest accepted from an upstream, as in distribution.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// How many tag records are kept in memory.
+const TAG_MEMORY_ENTRIES: usize = 100_000;
+
+/// A manifest exactly as upstream sent it.
+#[derive(Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// What a tag pointed at when upstream last said so.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TagRecord {
+    digest: String,
+    media_type: String,
+    /// Seconds since the epoch; survives restarts, unlike an `Instant`.
+    checked_at: u64,
+}
+
+/// A manifest answer and how it was obtained.
+pub struct Resolved {
+    pub manifest: Arc<Manifest>,
+    pub cache: CacheResult,
+    /// Set when a stale copy is served; goes out as a `Warning` header.
+    pub warning: Option<String>,
+}
+
+#[derive(Clone)]
+struct ManifestWeight;
+
+impl quick_cache::Weighter<Digest, Arc<Manifest>> for ManifestWeight {
+    fn weight(&self, _key: &Digest, manifest: &Arc<Manifest>) -> u64 {
+        manifest.bytes.len() as u64 + 256
+    }
+}
+
+type TagKey = (String, String, String);
+
+pub struct ManifestCache {
+    store: Arc<Store>,
+    by_digest: quick_cache::sync::Cache<Digest, Arc<Manifest>, ManifestWeight>,
+    tags: quick_cache::sync::Cache<TagKey, Arc<TagRecord>>,
+}
+
+impl ManifestCache {
+    pub fn new(store: Arc<Store>, memory_bytes: u64) -> ManifestCache {
+        // quick_cache wants an estimate of the item count besides the weight.
+        let estimated_items = (memory_bytes / 4096).max(16) as usize;
+        ManifestCache {
+            store,
+            by_digest: quick_cache::sync::Cache::with_weighter(estimated_items, memory_bytes.max(1), ManifestWeight),
+            tags: quick_cache::sync::Cache::new(TAG_MEMORY_ENTRIES),
+        }
+    }
+
+    /// Answers a manifest request for `reference` in `repository`.
+    pub async fn resolve(
+        &self,
+        upstream: &Upstream,
+        repository: &str,
+        reference: &Reference,
+        accept: &Accept,
+    ) -> Result<Resolved, RegistryError> {
+        match reference {
+            Reference::Digest(digest) => self.resolve_digest(upstream, repository, digest).await,
+            Reference::Tag(tag) => self.resolve_tag(upstream, repository, tag, accept).await,
+        }
+    }
+
+    async fn resolve_digest(&self, upstream: &Upstream, repository: &str, digest: &Digest) -> Result<Resolved, RegistryError> {
+        if let Some(manifest) = self.load(digest).await {
+            return Ok(resolved(manifest, CacheResult::Hit));
+        }
+        let manifest = fetch(upstream, repository, &digest.to_string(), ALL_MANIFESTS, Some(digest)).await?;
+        let manifest = self.keep(manifest).await;
+        Ok(resolved(manifest, CacheResult::Miss))
+    }
+
+    async fn resolve_tag(&self, upstream: &Upstream, repository: &str, tag: &str, accept: &Accept) -> Result<Resolved, RegistryError> {
+        let key = (upstream.name().to_owned(), repository.to_owned(), tag.to_owned());
+        let cached = match self.tag_record(&key).await {
+            Some(record) => Digest::parse(&record.digest)
+                .ok()
+                .map(|digest| (record, digest)),
+            None => None,
+        };
+        let cached = match cached {
+            Some((record, digest)) => self.load(&digest).await.map(|m| (record, m)),
+            None => None,
+        };
+
+        let Some((record, manifest)) = cached else {
+            return self.fetch_tag(upstream, repository, tag, &key).await;
+        };
+
+        // The client will not take what the tag holds: ask upstream with the
+        // client's own Accept, which may pick another form (one platform
+        // instead of the index), and do not let that answer replace the tag.
+        if !accept.allows(&manifest.media_type) {
+            let wanted = accept.header_value().unwrap_or_else(|| ALL_MANIFESTS.to_owned());
+            return match fetch(upstream, repository, tag, &wanted, None).await {
+                Ok(other) => Ok(resolved(self.keep(other).await, CacheResult::Pass)),
+                Err(err) if err.allows_stale() => Ok(stale(manifest, upstream, &err)),
+                Err(err) => Err(err),
+            };
+        }
+
+        let age = now_secs().saturating_sub(record.checked_at);
+        if Duration::from_secs(age) < upstream.config().tag_ttl {
+            return Ok(resolved(manifest, CacheResult::Hit));
+        }
+
+        // Expired: a HEAD costs upstream far less than a GET, and usually
+        // says the tag has not moved.
+        let head = upstream
+            .fetch(Method::HEAD, repository, &format!("manifests/{tag}"), Some(ALL_MANIFESTS), ErrorCode::ManifestUnknown)
+            .await;
+        match head {
+            Ok(response) => {
+                let same = response
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|d| d == manifest.digest.to_string());
+                if same {
+                    self.remember_tag(&key, &manifest).await;
+                    Ok(resolved(manifest, CacheResult::Revalidated))
+                } else {
+                    self.fetch_tag(upstream, repository, tag, &key).await
+                }
+            }
+            Err(err) if err.allows_stale() => Ok(stale(manifest, upstream, &err)),
+            Err(err) => {
+                if err.code == ErrorCode::ManifestUnknown || err.code == ErrorCode::NameUnknown {
+                    self.forget_tag(&key).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn fetch_tag(&self, upstream: &Upstream, repository: &str, tag: &str, key: &TagKey) -> Result<Resolved, RegistryError> {
+        let manifest = fetch(upstream, repository, tag, ALL_MANIFESTS, None).await?;
+        let manifest = self.keep(manifest).await;
+        self.remember_tag(key, &manifest).await;
+        Ok(resolved(manifest, CacheResult::Miss))
+    }
+
+    /// A manifest by digest from memory, else from disk.
+    async fn load(&self, digest: &Digest) -> Option<Arc<Manifest>> {
+        if let Some(manifest) = self.by_digest.get(digest) {
+            return Some(manifest);
+        }
+        let stored = tokio::fs::read(self.store.manifest_path(digest)).await.ok()?;
+        let newline = stored.iter().position(|&b| b == b'\n')?;
+        let media_type = std::str::from_utf8(&stored[..newline]).ok()?.to_owned();
+        let bytes = Bytes::from(stored).slice(newline + 1..);
+        // What is on disk was verified when written, but a disk can rot.
+        if Digest::of(digest.algorithm(), &bytes) != *digest {
+            tracing::warn!(%digest, "cached manifest does not match its digest; refetching");
+            return None;
+        }
+        let manifest = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        });
+        self.by_digest.insert(digest.clone(), manifest.clone());
+        Some(manifest)
+    }
+
+    /// Caches a verified manifest. A failed disk write only costs a refetch
+    /// later, so it is logged rather than failing the request.
+    async fn keep(&self, manifest: Manifest) -> Arc<Manifest> {
+        let mut stored = Vec::with_capacity(manifest.media_type.len() + 1 + manifest.bytes.len());
+        stored.extend_from_slice(manifest.media_type.as_bytes());
+        stored.push(b'\n');
+        stored.extend_from_slice(&manifest.bytes);
+        if let Err(e) = self.store.write_atomic(self.store.manifest_path(&manifest.digest), stored).await {
+            tracing::warn!(digest = %manifest.digest, error = %e, "cannot write manifest to the cache");
+        }
+        let manifest = Arc::new(manifest);
+        self.by_digest.insert(manifest.digest.clone(), manifest.clone());
+        manifest
+    }
+
+    async fn tag_record(&self, key: &TagKey) -> Option<Arc<TagRecord>> {
+        if let Some(record) = self.tags.get(key) {
+            return Some(record);
+        }
+        let path = self.store.tag_path(&key.0, &key.1, &key.2);
+        let record: TagRecord = serde_json::from_slice(&tokio::fs::read(path).await.ok()?).ok()?;
+        let record = Arc::new(record);
+        self.tags.insert(key.clone(), record.clone());
+        Some(record)
+    }
+
+    async fn remember_tag(&self, key: &TagKey, manifest: &Manifest) {
+        let record = TagRecord {
+            digest: manifest.digest.to_string(),
+            media_type: manifest.media_type.clone(),
+            checked_at: now_secs(),
+        };
+        let path = self.store.tag_path(&key.0, &key.1, &key.2);
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        if let Err(e) = self.store.write_atomic(path, json).await {
+            tracing::warn!(repository = %key.1, tag = %key.2, error = %e, "cannot write tag to the cache");
+        }
+        self.tags.insert(key.clone(), Arc::new(record));
+    }
+
+    async fn forget_tag(&self, key: &TagKey) {
+        self.tags.remove(key);
+        let _ = tokio::fs::remove_file(self.store.tag_path(&key.0, &key.1, &key.2)).await;
+    }
+}
+
+fn resolved(manifest: Arc<Manifest>, cache: CacheResult) -> Resolved {
+    Resolved {
+        manifest,
+        cache,
+        warning: None,
+    }
+}
+
+fn stale(manifest: Arc<Manifest>, upstream: &Upstream, err: &RegistryError) -> Resolved {
+    tracing::warn!(upstream = upstream.name(), digest = %manifest.digest, error = %err, "serving a cached tag because upstream failed");
+    Resolved {
+        manifest,
+        cache: CacheResult::Stale,
+        warning: Some(format!("299 lank8s \"stale: {} failed: {}\"", upstream.name(), err.message.replace('"', "'"))),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// Fetches a manifest and checks it: a manifest type, within the size
+/// limit, and matching both the digest asked for and the one upstream
+/// claims. Nothing unchecked reaches the cache or a client.
+async fn fetch(
+    upstream: &Upstream,
+    repository: &str,
+    reference: &str,
+    accept: &str,
+    expected: Option<&Digest>,
+) -> Result<Manifest, RegistryError> {
+    let mut response = upstream
+        .fetch(Method::GET, repository, &format!("manifests/{reference}"), Some(accept), ErrorCode::ManifestUnknown)
+        .await?;
+    let name = upstream.name();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = header(CONTENT_TYPE.as_str());
+    let claimed = header("docker-content-digest");
+
+    let declared = header("content-length").and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|l| l > MAX_MANIFEST_BYTES) {
+        return Err(RegistryError::bad_gateway(format!("{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| RegistryError::bad_gateway(format!("reading a manifest from {name} failed: {e}")))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::bad_gateway(format!("{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes")));
+        }
+    }
+
+    let media_type = match content_type {
+        Some(ct) if looks_like_manifest_type(&ct) && !ct.starts_with("application/json") => {
+            ct.split(';').next().unwrap_or_default().trim().to_owned()
+        }
+        // No usable type: a real manifest names its own in `mediaType`.
+        _ => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned))
+            .filter(|m| looks_like_manifest_type(m))
+            .ok_or_else(|| RegistryError::bad_gateway(format!("{name} answered with something that is not a manifest")))?,
+    };
+
+    let algorithm = expected.map(Digest::algorithm).unwrap_or(Algorithm::Sha256);
+    let digest = Digest::of(algorithm, &body);
+    if expected.is_some_and(|e| *e != digest) {
+        return Err(RegistryError::bad_gateway(format!("{name} sent a manifest that does not match the digest asked for")));
+    }
+    if let Some(claimed) = claimed.as_deref().and_then(|c| Digest::parse(c).ok()) {
+        if claimed.algorithm() == algorithm && claimed != digest {
+            return Err(RegistryError::bad_gateway(format!("{name} sent a manifest that does not match its Docker-Content-Digest")));
+        }
+    }
+    Ok(Manifest {
+        digest,
+        media_type,
+        bytes: Bytes::from(body),
+    })
+}

@@ -1,0 +1,163 @@
+//! The command line: `lank8s serve` and `lank8s config check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "lank8s", version, about = "A pull-through mirror for container registries")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror. With no configuration it listens on 0.0.0.0:5000,
+    /// caches in ./lank8s-data and mirrors the default upstreams.
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (see the README's configuration reference).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on; overrides `listen`.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Cache directory; overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format, `text` or `json`; overrides `log.format`.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a file and print the effective routes. Exits 2 if invalid.
+    Check {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+/// Exit status for a configuration that cannot be used.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => check(&file),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded()),
+    };
+    let mut config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("lank8s: invalid configuration: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = if format == "json" { LogFormat::Json } else { LogFormat::Text };
+    }
+    init_logging(&config);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lank8s: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::http::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "lank8s stopped");
+            eprintln!("lank8s: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LANK8S_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{}: invalid: {err}", file.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    print!("{}", describe(&config));
+    ExitCode::SUCCESS
+}
+
+/// The effective routes of a configuration, as `config check` prints them.
+pub fn describe(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "listen: {}", config.listen);
+    let _ = writeln!(out, "data_dir: {}", config.data_dir.display());
+    let _ = writeln!(out, "default upstream (bare names): {}", config.default_upstream);
+    let _ = writeln!(out, "upstreams (matched by ?ns= or a first path component):");
+    for upstream in config.upstreams.values() {
+        let mut names = vec![upstream.name.clone()];
+        names.extend(upstream.names.iter().cloned());
+        let _ = writeln!(
+            out,
+            "  {:<28} -> {}  tag_ttl={}{}{}",
+            names.join(", "),
+            upstream.url,
+            humantime::format_duration(upstream.tag_ttl),
+            if upstream.library_prefix { "  library/ for one-part names" } else { "" },
+            if upstream.credentials.is_some() { "  with credentials" } else { "" },
+        );
+    }
+    match &config.domain {
+        Some(domain) => {
+            let _ = writeln!(out, "hosts (domain {domain}):");
+            for (sub, upstream) in &config.hosts {
+                let host = if sub == "@" { domain.clone() } else { format!("{sub}.{domain}") };
+                let _ = writeln!(out, "  {host:<40} -> {upstream}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "hosts: none (set `domain` to route by Host header)");
+        }
+    }
+    out
+}

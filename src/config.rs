@@ -1,0 +1,402 @@
+//! Typed configuration: the TOML file's keys, their embedded defaults, and
+//! validation whose messages name the offending key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// The registries mirrored out of the box: (name, url, other names, library prefix).
+const BUILTIN_UPSTREAMS: &[(&str, &str, &[&str], bool)] = &[
+    ("registry.k8s.io", "https://registry.k8s.io", &[], false),
+    ("k8s.gcr.io", "https://registry.k8s.io", &[], false),
+    ("gcr.io", "https://gcr.io", &[], false),
+    ("us-central1-docker.pkg.dev", "https://us-central1-docker.pkg.dev", &[], false),
+    ("docker.io", "https://registry-1.docker.io", &["registry-1.docker.io", "index.docker.io"], true),
+    ("quay.io", "https://quay.io", &[], false),
+    ("ghcr.io", "https://ghcr.io", &[], false),
+];
+
+/// Subdomains of `domain` and the upstream each serves; `@` is the apex.
+const BUILTIN_HOSTS: &[(&str, &str)] = &[
+    ("@", "registry.k8s.io"),
+    ("registry", "registry.k8s.io"),
+    ("gcr", "gcr.io"),
+    ("k8s", "k8s.gcr.io"),
+    ("docker", "docker.io"),
+    ("us-central1-docker.pkgdev", "us-central1-docker.pkg.dev"),
+];
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+pub const DEFAULT_DATA_DIR: &str = "lank8s-data";
+
+/// A configuration that could not be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn invalid(key: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {why}"))
+}
+
+/// The effective configuration after defaults and validation.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub domain: Option<String>,
+    pub default_upstream: String,
+    pub hosts: BTreeMap<String, String>,
+    pub log: LogConfig,
+    pub cache: CacheConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Bytes of manifests kept in memory in front of the disk cache.
+    pub manifest_memory_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: Url,
+    /// Other names clients use for this registry in `ns=` or a path prefix.
+    pub names: Vec<String>,
+    /// Docker Hub style: a one-component name means `library/<name>`.
+    pub library_prefix: bool,
+    /// How long a tag → digest answer is trusted before it is revalidated.
+    pub tag_ttl: Duration,
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers, and for each read of a body.
+    pub timeout: Duration,
+    /// Extra attempts for idempotent requests after a connect error or 5xx.
+    pub retries: u32,
+    pub credentials: Option<Credentials>,
+    /// Token realm hosts (besides the upstream's own) allowed to receive
+    /// the credentials.
+    pub credential_hosts: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+    }
+}
+
+// === the file as written ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    domain: Option<String>,
+    default_upstream: Option<String>,
+    #[serde(default)]
+    hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    manifest_memory_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    names: Option<Vec<String>>,
+    library_prefix: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    tag_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+    username: Option<String>,
+    password: Option<String>,
+    credential_hosts: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The configuration used when no file is given.
+    pub fn embedded() -> Config {
+        Config::from_raw(RawConfig::default()).expect("the embedded defaults are valid")
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        Config::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("{listen:?} is not an address:port ({e})")))?;
+
+        let upstreams = resolve_upstreams(raw.upstreams)?;
+        let exists = |name: &str| upstreams.contains_key(name);
+
+        let default_upstream = raw.default_upstream.unwrap_or_else(|| "registry.k8s.io".into());
+        if !exists(&default_upstream) {
+            return Err(invalid("default_upstream", format!("no upstream named {default_upstream:?}")));
+        }
+
+        let mut hosts: BTreeMap<String, String> = BUILTIN_HOSTS
+            .iter()
+            .map(|(sub, up)| (sub.to_string(), up.to_string()))
+            .collect();
+        for (sub, upstream) in raw.hosts {
+            if !exists(&upstream) {
+                return Err(invalid(&format!("hosts.{sub:?}"), format!("no upstream named {upstream:?}")));
+            }
+            hosts.insert(sub.to_ascii_lowercase(), upstream);
+        }
+        // A builtin host whose upstream was renamed away would route nowhere.
+        hosts.retain(|_, upstream| exists(upstream));
+
+        let domain = raw.domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+        if domain.as_deref().is_some_and(|d| d.is_empty() || d.contains('/')) {
+            return Err(invalid("domain", "must be a host name such as \"mirror.example.com\""));
+        }
+
+        let format = match raw.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log.format", format!("{other:?} is not \"text\" or \"json\""))),
+        };
+        let level = raw.log.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(invalid("log.level", format!("{level:?} is not a level such as \"info\"")));
+        }
+
+        let manifest_memory_mib = raw.cache.manifest_memory_mib.unwrap_or(64);
+        Ok(Config {
+            listen,
+            data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            domain,
+            default_upstream,
+            hosts,
+            log: LogConfig { format, level },
+            cache: CacheConfig {
+                manifest_memory_bytes: manifest_memory_mib.saturating_mul(1 << 20),
+            },
+            upstreams,
+        })
+    }
+}
+
+fn resolve_upstreams(
+    raw: BTreeMap<String, RawUpstream>,
+) -> Result<BTreeMap<String, UpstreamConfig>, ConfigError> {
+    let mut raw = raw;
+    let mut resolved = BTreeMap::new();
+
+    for (name, url, names, library_prefix) in BUILTIN_UPSTREAMS {
+        let overrides = raw.remove(*name).unwrap_or_default();
+        let defaults = UpstreamDefaults {
+            url,
+            names,
+            library_prefix: *library_prefix,
+        };
+        resolved.insert(name.to_string(), resolve_upstream(name, overrides, Some(defaults))?);
+    }
+    for (name, overrides) in raw {
+        let upstream = resolve_upstream(&name, overrides, None)?;
+        resolved.insert(name, upstream);
+    }
+
+    // Every name a client may use must lead to exactly one upstream.
+    let mut seen = BTreeMap::new();
+    for upstream in resolved.values() {
+        for alias in std::iter::once(&upstream.name).chain(&upstream.names) {
+            if let Some(first) = seen.insert(alias.clone(), upstream.name.clone()) {
+                let key = format!("upstreams.{:?}.names", upstream.name);
+                return Err(invalid(&key, format!("{alias:?} already names upstream {first:?}")));
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+struct UpstreamDefaults<'a> {
+    url: &'a str,
+    names: &'a [&'a str],
+    library_prefix: bool,
+}
+
+fn resolve_upstream(
+    name: &str,
+    raw: RawUpstream,
+    defaults: Option<UpstreamDefaults>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let key = |field: &str| format!("upstreams.{name:?}.{field}");
+
+    if name.is_empty() || name.contains('/') || name != name.to_ascii_lowercase() {
+        return Err(invalid(&format!("upstreams.{name:?}"), "an upstream's name is a lowercase registry host"));
+    }
+    let url = match (raw.url, &defaults) {
+        (Some(url), _) => url,
+        (None, Some(d)) => d.url.to_owned(),
+        (None, None) => return Err(invalid(&key("url"), "missing; a new upstream needs a url")),
+    };
+    let url = parse_base_url(&url).map_err(|why| invalid(&key("url"), why))?;
+
+    let credentials = match (raw.username, raw.password) {
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        (None, None) => None,
+        _ => return Err(invalid(&key("username"), "username and password go together")),
+    };
+
+    let names = raw.names.unwrap_or_else(|| {
+        defaults
+            .as_ref()
+            .map(|d| d.names.iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default()
+    });
+    let names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+
+    let tag_ttl = raw.tag_ttl.unwrap_or(Duration::from_secs(300));
+    let connect_timeout = raw.connect_timeout.unwrap_or(Duration::from_secs(5));
+    let timeout = raw.timeout.unwrap_or(Duration::from_secs(30));
+    for (field, value) in [("connect_timeout", connect_timeout), ("timeout", timeout)] {
+        if value.is_zero() {
+            return Err(invalid(&key(field), "must be longer than zero"));
+        }
+    }
+
+    Ok(UpstreamConfig {
+        name: name.to_owned(),
+        url,
+        names,
+        library_prefix: raw
+            .library_prefix
+            .unwrap_or(defaults.as_ref().is_some_and(|d| d.library_prefix)),
+        tag_ttl,
+        connect_timeout,
+        timeout,
+        retries: raw.retries.unwrap_or(2).min(10),
+        credentials,
+        credential_hosts: raw.credential_hosts.unwrap_or_default(),
+    })
+}
+
+/// An upstream URL: http or https with a host, normalised to end in `/` so
+/// that `v2/...` joins onto it.
+fn parse_base_url(text: &str) -> Result<Url, String> {
+    let mut url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{text:?} must be an http:// or https:// URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{text:?} must not have a query or fragment"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_mirror_the_usual_registries() {
+        let config = Config::embedded();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.default_upstream, "registry.k8s.io");
+        assert_eq!(config.upstreams["k8s.gcr.io"].url.as_str(), "https://registry.k8s.io/");
+        assert!(config.upstreams["docker.io"].library_prefix);
+        assert_eq!(config.hosts["@"], "registry.k8s.io");
+        assert_eq!(config.hosts["gcr"], "gcr.io");
+    }
+
+    #[test]
+    fn an_override_keeps_the_other_defaults() {
+        let config = Config::parse(
+            "[upstreams.\"docker.io\"]\nurl = \"http://127.0.0.1:5001\"\ntag_ttl = \"10s\"\n",
+        )
+        .unwrap();
+        let hub = &config.upstreams["docker.io"];
+        assert_eq!(hub.url.as_str(), "http://127.0.0.1:5001/");
+        assert_eq!(hub.tag_ttl, Duration::from_secs(10));
+        assert!(hub.library_prefix);
+        assert_eq!(hub.names, ["registry-1.docker.io", "index.docker.io"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("default_upstream = \"nope.io\"", "default_upstream"),
+            ("[upstreams.\"new.io\"]\nretries = 1", "upstreams.\"new.io\".url"),
+            ("[upstreams.\"gcr.io\"]\nurl = \"ftp://x\"", "upstreams.\"gcr.io\".url"),
+            ("[upstreams.\"gcr.io\"]\ntag_ttl = \"soon\"", "tag_ttl"),
+            ("[upstreams.\"gcr.io\"]\nusername = \"u\"", "upstreams.\"gcr.io\".username"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[hosts]\nfoo = \"nope.io\"", "hosts.\"foo\""),
+            ("lissten = \"x\"", "lissten"),
+            ("[upstreams.\"gcr.io\"]\nnames = [\"quay.io\"]", "names"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err:?}, which does not name {key}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_not_printed() {
+        let config = Config::parse(
+            "[upstreams.\"gcr.io\"]\nusername = \"u\"\npassword = \"s3cret\"\n",
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+}

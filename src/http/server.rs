@@ -1,0 +1,209 @@
+//! The HTTP server: routes, the access log (one line per request, written
+//! when the body has been sent or abandoned), and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http_body::{Body as _, Frame};
+
+use super::registry;
+use crate::cache::CacheResult;
+use crate::config::Config;
+use crate::mirror::{Mirror, StartError};
+use crate::oci::error::RegistryError;
+
+/// What a handler learned about a request, for its access-log line.
+#[derive(Clone, Debug, Default)]
+pub struct LogContext {
+    pub upstream: Option<String>,
+    pub repository: Option<String>,
+    pub reference: Option<String>,
+    pub via: Option<&'static str>,
+    pub cache: Option<CacheResult>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub fn app(mirror: Arc<Mirror>) -> Router {
+    Router::new()
+        .route("/v2", any(registry::base))
+        .route("/v2/", any(registry::base))
+        .route("/v2/{*rest}", any(registry::handle))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(middleware::from_fn(access_log))
+        .with_state(mirror)
+}
+
+/// Runs the mirror until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let mirror = Arc::new(Mirror::new(&config)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), default_upstream = %config.default_upstream, "lank8s listening");
+
+    axum::serve(listener, app(mirror).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Serve)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+        .unwrap_or_default();
+
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    let context = response.extensions_mut().remove::<LogContext>().unwrap_or_default();
+    let error = response.extensions_mut().remove::<RegistryError>();
+
+    let line = AccessLine {
+        method,
+        path,
+        client,
+        status: response.status().as_u16(),
+        context,
+        error: error.map(|e| e.message),
+        started,
+    };
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(LoggedBody {
+            inner: body,
+            line: Some(line),
+            bytes: 0,
+        }),
+    )
+    .into_response()
+}
+
+struct AccessLine {
+    method: String,
+    path: String,
+    client: String,
+    status: u16,
+    context: LogContext,
+    error: Option<String>,
+    started: Instant,
+}
+
+impl AccessLine {
+    fn emit(self, bytes: u64, outcome: &str) {
+        let c = &self.context;
+        tracing::info!(
+            target: "lank8s::access",
+            method = %self.method,
+            path = %self.path,
+            upstream = c.upstream.as_deref().unwrap_or("-"),
+            repository = c.repository.as_deref().unwrap_or("-"),
+            reference = c.reference.as_deref().unwrap_or("-"),
+            via = c.via.unwrap_or("-"),
+            status = self.status,
+            cache = c.cache.map_or("none", CacheResult::as_str),
+            bytes,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            client = %self.client,
+            outcome,
+            error = self.error.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+}
+
+/// A response body that counts what it sends and writes the access line
+/// when it ends, fails, or is dropped because the client went away.
+struct LoggedBody {
+    inner: Body,
+    line: Option<AccessLine>,
+    bytes: u64,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish("aborted"),
+            Poll::Ready(None) => self.finish("complete"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl LoggedBody {
+    fn finish(&mut self, outcome: &str) {
+        if let Some(line) = self.line.take() {
+            line.emit(self.bytes, outcome);
+        }
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // An empty body (HEAD, errors) may never be polled to its end.
+        let outcome = if self.inner.is_end_stream() { "complete" } else { "client gone" };
+        self.finish(outcome);
+    }
+}

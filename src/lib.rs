@@ -1,0 +1,20 @@
+//! lank8s, a pull-through mirror for container registries.
+//!
+//! - `cli`: the command line; `config`: typed configuration and defaults.
+//! - `http`: the server, access log and the /v2 pull API.
+//! - `routing`: which upstream and repository a request is for.
+//! - `mirror`: the core assembled from configuration.
+//! - `cache`: manifests, blobs, the on-disk store and the single-flight fill.
+//! - `upstream`: the client for upstream registries (tokens, redirects, retries).
+//! - `oci`: names, digests, media types and error JSON.
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod mirror;
+pub mod oci;
+pub mod routing;
+pub mod upstream;

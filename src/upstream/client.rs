@@ -1,0 +1,364 @@
+//! One upstream registry: sends a request for a repository, answers its
+//! auth challenge, follows redirects and retries, and maps what comes back
+//! to a response or a `RegistryError`.
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+use super::auth::{Challenge, TokenCache, TokenResponse, parse_challenge};
+use crate::config::UpstreamConfig;
+use crate::oci::error::{ErrorCode, Fault, RegistryError};
+
+/// How many redirects one request may follow.
+const MAX_REDIRECTS: usize = 10;
+/// The most of an error body read to find its OCI error code.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub struct Upstream {
+    config: UpstreamConfig,
+    http: reqwest::Client,
+    tokens: TokenCache,
+    /// Set once the upstream has asked for Basic credentials directly.
+    wants_basic: std::sync::atomic::AtomicBool,
+}
+
+/// What went wrong sending one request, before any status is looked at.
+enum SendError {
+    Connect(String),
+    Timeout(String),
+    Other(String),
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.timeout)
+            .user_agent(concat!("lank8s/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Upstream {
+            config,
+            http,
+            tokens: TokenCache::default(),
+            wants_basic: Default::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// Sends `method` for `/v2/<repository>/<tail>` and returns a 2xx
+    /// response; anything else becomes an error whose code defaults to
+    /// `not_found` for a 404 that names none.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        repository: &str,
+        tail: &str,
+        accept: Option<&str>,
+        not_found: ErrorCode,
+    ) -> Result<Response, RegistryError> {
+        let url = self
+            .config
+            .url
+            .join(&format!("v2/{repository}/{tail}"))
+            .map_err(|e| RegistryError::internal(format!("cannot build upstream URL: {e}")))?;
+        let scope = format!("repository:{repository}:pull");
+
+        let mut authorization = self.cached_authorization(&scope);
+        let mut answered_challenge = false;
+        loop {
+            let response = self
+                .send_with_retries(&method, &url, authorization.as_ref(), accept)
+                .await
+                .map_err(|e| self.send_error(e))?;
+
+            // A 401 means no token yet, or one that expired mid-pull: answer
+            // the challenge once, then take the next answer as final.
+            if response.status() == StatusCode::UNAUTHORIZED && !answered_challenge {
+                answered_challenge = true;
+                self.tokens.forget(&scope);
+                if let Some(header) = self.authorize(&response, &scope).await? {
+                    authorization = Some(header);
+                    continue;
+                }
+            }
+            return self.check_status(response, not_found).await;
+        }
+    }
+
+    fn cached_authorization(&self, scope: &str) -> Option<HeaderValue> {
+        if let Some(token) = self.tokens.get(scope) {
+            return HeaderValue::from_str(&format!("Bearer {token}")).ok();
+        }
+        if self.wants_basic.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.basic_authorization();
+        }
+        None
+    }
+
+    fn basic_authorization(&self) -> Option<HeaderValue> {
+        use base64::Engine as _;
+        let credentials = self.config.credentials.as_ref()?;
+        let pair = format!("{}:{}", credentials.username, credentials.password);
+        let mut value = HeaderValue::from_str(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()))).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+
+    /// Answers a 401's challenge: fetches a bearer token from the realm, or
+    /// switches to Basic. `None` when there is nothing we can answer with.
+    async fn authorize(&self, response: &Response, scope: &str) -> Result<Option<HeaderValue>, RegistryError> {
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge);
+        let (realm, service, challenged_scope) = match challenge {
+            Some(Challenge::Bearer { realm, service, scope }) => (realm, service, scope),
+            Some(Challenge::Basic) => {
+                self.wants_basic.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(self.basic_authorization());
+            }
+            None => return Ok(None),
+        };
+
+        let mut realm = Url::parse(&realm)
+            .map_err(|_| RegistryError::bad_gateway(format!("{} sent an unusable token realm {realm:?}", self.name())))?;
+        if !matches!(realm.scheme(), "http" | "https") {
+            return Err(RegistryError::bad_gateway(format!("{} sent a non-HTTP token realm", self.name())));
+        }
+        {
+            let mut query = realm.query_pairs_mut();
+            if let Some(service) = &service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", challenged_scope.as_deref().unwrap_or(scope));
+        }
+
+        let mut request = self.http.get(realm.clone()).timeout(self.config.timeout);
+        if self.may_receive_credentials(&realm) {
+            if let Some(basic) = self.basic_authorization() {
+                request = request.header(AUTHORIZATION, basic);
+            }
+        }
+        let token_response = request.send().await.map_err(|e| {
+            RegistryError::bad_gateway(format!("token request to {} failed: {e}", host_of(&realm)))
+        })?;
+        let status = token_response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(RegistryError::bad_gateway(format!(
+                "token service {} answered {status}",
+                host_of(&realm)
+            )));
+        }
+        let token = token_response
+            .bytes()
+            .await
+            .ok()
+            .and_then(|body| serde_json::from_slice::<TokenResponse>(&body).ok())
+            .and_then(TokenResponse::into_token)
+            .ok_or_else(|| RegistryError::bad_gateway(format!("token service {} sent no token", host_of(&realm))))?;
+
+        let (token, lifetime) = token;
+        let header = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| RegistryError::bad_gateway("token service sent a token that is not a header value"))?;
+        self.tokens.put(scope, token, lifetime);
+        Ok(Some(header))
+    }
+
+    /// Credentials go to the upstream's own host and to the realm hosts the
+    /// configuration names, nowhere else.
+    fn may_receive_credentials(&self, realm: &Url) -> bool {
+        let host = realm.host_str().unwrap_or_default();
+        same_origin(realm, &self.config.url) || self.config.credential_hosts.iter().any(|h| h == host)
+    }
+
+    async fn send_with_retries(
+        &self,
+        method: &Method,
+        url: &Url,
+        authorization: Option<&HeaderValue>,
+        accept: Option<&str>,
+    ) -> Result<Response, SendError> {
+        let mut attempt = 0;
+        loop {
+            let result = self.send_following_redirects(method, url, authorization, accept).await;
+            let retryable = match &result {
+                Ok(response) => response.status().is_server_error() && response.status() != StatusCode::NOT_IMPLEMENTED,
+                Err(SendError::Connect(_)) => true,
+                Err(_) => false,
+            };
+            if !retryable || attempt >= self.config.retries {
+                return result;
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt)).await;
+        }
+    }
+
+    /// Follows redirects here rather than in the HTTP library so that the
+    /// `Authorization` header is only ever sent to the upstream's own origin.
+    async fn send_following_redirects(
+        &self,
+        method: &Method,
+        url: &Url,
+        authorization: Option<&HeaderValue>,
+        accept: Option<&str>,
+    ) -> Result<Response, SendError> {
+        let mut url = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(accept) = accept {
+                request = request.header(ACCEPT, accept);
+            }
+            if let Some(authorization) = authorization.filter(|_| same_origin(&url, &self.config.url)) {
+                request = request.header(AUTHORIZATION, authorization.clone());
+            }
+            let send = request.send();
+            let response = match tokio::time::timeout(self.config.timeout, send).await {
+                Err(_) => return Err(SendError::Timeout(format!("no answer from {} within {:?}", host_of(&url), self.config.timeout))),
+                Ok(Err(e)) if e.is_connect() => return Err(SendError::Connect(format!("cannot connect to {}: {}", host_of(&url), root_cause(&e)))),
+                Ok(Err(e)) if e.is_timeout() => return Err(SendError::Timeout(format!("{} timed out: {}", host_of(&url), root_cause(&e)))),
+                Ok(Err(e)) => return Err(SendError::Other(format!("request to {} failed: {}", host_of(&url), root_cause(&e)))),
+                Ok(Ok(response)) => response,
+            };
+            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED {
+                return Ok(response);
+            }
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| SendError::Other(format!("{} redirected without a Location", host_of(&url))))?;
+            url = url
+                .join(location)
+                .map_err(|_| SendError::Other(format!("{} redirected to an unusable Location", host_of(&url))))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(SendError::Other("redirected to a non-HTTP URL".into()));
+            }
+        }
+        Err(SendError::Other(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    fn send_error(&self, error: SendError) -> RegistryError {
+        match error {
+            SendError::Connect(m) | SendError::Other(m) => RegistryError::bad_gateway(m),
+            SendError::Timeout(m) => RegistryError::gateway_timeout(m),
+        }
+    }
+
+    /// Maps an upstream's final answer: success passes, the rest keeps its
+    /// meaning (a 5xx never becomes a 404, nor a 404 a 500).
+    async fn check_status(&self, response: Response, not_found: ErrorCode) -> Result<Response, RegistryError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let name = self.name().to_owned();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let upstream_code = read_error_code(response).await;
+
+        let error = match status {
+            StatusCode::NOT_FOUND => RegistryError::not_found(
+                upstream_code.filter(|c| is_not_found_code(*c)).unwrap_or(not_found),
+                format!("{name} has no such {}", describe(not_found)),
+            ),
+            // Registries such as Docker Hub answer 401 for repositories that
+            // do not exist; without further credentials it is the same to us.
+            StatusCode::UNAUTHORIZED => RegistryError::not_found(
+                ErrorCode::NameUnknown,
+                format!("{name} refused access: the repository does not exist or needs credentials"),
+            ),
+            StatusCode::FORBIDDEN => RegistryError::new(
+                Fault::Upstream,
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                format!("{name} denied access"),
+            ),
+            StatusCode::TOO_MANY_REQUESTS => RegistryError::new(
+                Fault::Upstream,
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                format!("{name} is rate limiting this mirror"),
+            )
+            .with_retry_after(retry_after.unwrap_or(60)),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let error = RegistryError::new(
+                    Fault::Upstream,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    format!("{name} is unavailable"),
+                );
+                match retry_after {
+                    Some(seconds) => error.with_retry_after(seconds),
+                    None => error,
+                }
+            }
+            s if s.is_server_error() => RegistryError::bad_gateway(format!("{name} answered {s}")),
+            s => RegistryError::bad_gateway(format!("{name} answered an unexpected {s}")),
+        };
+        Err(error)
+    }
+}
+
+async fn read_error_code(mut response: Response) -> Option<ErrorCode> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ERROR_BODY {
+            return None;
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    ErrorCode::parse(value["errors"][0]["code"].as_str()?)
+}
+
+fn is_not_found_code(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown)
+}
+
+fn describe(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BlobUnknown => "blob",
+        ErrorCode::ManifestUnknown => "manifest",
+        _ => "repository",
+    }
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn host_of(url: &Url) -> String {
+    match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// The innermost cause of an HTTP library error, which is the part that
+/// says what actually happened (refused, reset, timed out).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
