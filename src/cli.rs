@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "lank8s", version, about = "A pull-through mirror for container registries")]
+#[command(
+    name = "lank8s",
+    version,
+    about = "A pull-through mirror for container registries"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +87,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         config.data_dir = data_dir;
     }
     if let Some(format) = args.log_format {
-        config.log.format = if format == "json" { LogFormat::Json } else { LogFormat::Text };
+        config.log.format = if format == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
     }
     init_logging(&config);
 
@@ -107,7 +115,9 @@ fn serve(args: ServeArgs) -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LANK8S_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -132,8 +142,15 @@ pub fn describe(config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "listen: {}", config.listen);
     let _ = writeln!(out, "data_dir: {}", config.data_dir.display());
-    let _ = writeln!(out, "default upstream (bare names): {}", config.default_upstream);
-    let _ = writeln!(out, "upstreams (matched by ?ns= or a first path component):");
+    let _ = writeln!(
+        out,
+        "default upstream (bare names): {}",
+        config.default_upstream
+    );
+    let _ = writeln!(
+        out,
+        "upstreams (matched by ?ns= or a first path component):"
+    );
     for upstream in config.upstreams.values() {
         let mut names = vec![upstream.name.clone()];
         names.extend(upstream.names.iter().cloned());
@@ -143,15 +160,27 @@ pub fn describe(config: &Config) -> String {
             names.join(", "),
             upstream.url,
             humantime::format_duration(upstream.tag_ttl),
-            if upstream.library_prefix { "  library/ for one-part names" } else { "" },
-            if upstream.credentials.is_some() { "  with credentials" } else { "" },
+            if upstream.library_prefix {
+                "  library/ for one-part names"
+            } else {
+                ""
+            },
+            if upstream.credentials.is_some() {
+                "  with credentials"
+            } else {
+                ""
+            },
         );
     }
     match &config.domain {
         Some(domain) => {
             let _ = writeln!(out, "hosts (domain {domain}):");
             for (sub, upstream) in &config.hosts {
-                let host = if sub == "@" { domain.clone() } else { format!("{sub}.{domain}") };
+                let host = if sub == "@" {
+                    domain.clone()
+                } else {
+                    format!("{sub}.{domain}")
+                };
                 let _ = writeln!(out, "  {host:<40} -> {upstream}");
             }
         }

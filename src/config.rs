@@ -14,8 +14,18 @@ const BUILTIN_UPSTREAMS: &[(&str, &str, &[&str], bool)] = &[
     ("registry.k8s.io", "https://registry.k8s.io", &[], false),
     ("k8s.gcr.io", "https://registry.k8s.io", &[], false),
     ("gcr.io", "https://gcr.io", &[], false),
-    ("us-central1-docker.pkg.dev", "https://us-central1-docker.pkg.dev", &[], false),
-    ("docker.io", "https://registry-1.docker.io", &["registry-1.docker.io", "index.docker.io"], true),
+    (
+        "us-central1-docker.pkg.dev",
+        "https://us-central1-docker.pkg.dev",
+        &[],
+        false,
+    ),
+    (
+        "docker.io",
+        "https://registry-1.docker.io",
+        &["registry-1.docker.io", "index.docker.io"],
+        true,
+    ),
     ("quay.io", "https://quay.io", &[], false),
     ("ghcr.io", "https://ghcr.io", &[], false),
 ];
@@ -102,7 +112,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <hidden> }}",
+            self.username
+        )
     }
 }
 
@@ -182,9 +196,14 @@ impl Config {
         let upstreams = resolve_upstreams(raw.upstreams)?;
         let exists = |name: &str| upstreams.contains_key(name);
 
-        let default_upstream = raw.default_upstream.unwrap_or_else(|| "registry.k8s.io".into());
+        let default_upstream = raw
+            .default_upstream
+            .unwrap_or_else(|| "registry.k8s.io".into());
         if !exists(&default_upstream) {
-            return Err(invalid("default_upstream", format!("no upstream named {default_upstream:?}")));
+            return Err(invalid(
+                "default_upstream",
+                format!("no upstream named {default_upstream:?}"),
+            ));
         }
 
         let mut hosts: BTreeMap<String, String> = BUILTIN_HOSTS
@@ -193,26 +212,45 @@ impl Config {
             .collect();
         for (sub, upstream) in raw.hosts {
             if !exists(&upstream) {
-                return Err(invalid(&format!("hosts.{sub:?}"), format!("no upstream named {upstream:?}")));
+                return Err(invalid(
+                    &format!("hosts.{sub:?}"),
+                    format!("no upstream named {upstream:?}"),
+                ));
             }
             hosts.insert(sub.to_ascii_lowercase(), upstream);
         }
         // A builtin host whose upstream was renamed away would route nowhere.
         hosts.retain(|_, upstream| exists(upstream));
 
-        let domain = raw.domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
-        if domain.as_deref().is_some_and(|d| d.is_empty() || d.contains('/')) {
-            return Err(invalid("domain", "must be a host name such as \"mirror.example.com\""));
+        let domain = raw
+            .domain
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+        if domain
+            .as_deref()
+            .is_some_and(|d| d.is_empty() || d.contains('/'))
+        {
+            return Err(invalid(
+                "domain",
+                "must be a host name such as \"mirror.example.com\"",
+            ));
         }
 
         let format = match raw.log.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(invalid("log.format", format!("{other:?} is not \"text\" or \"json\""))),
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                ));
+            }
         };
         let level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            return Err(invalid("log.level", format!("{level:?} is not a level such as \"info\"")));
+            return Err(invalid(
+                "log.level",
+                format!("{level:?} is not a level such as \"info\""),
+            ));
         }
 
         let manifest_memory_mib = raw.cache.manifest_memory_mib.unwrap_or(64);
@@ -244,7 +282,10 @@ fn resolve_upstreams(
             names,
             library_prefix: *library_prefix,
         };
-        resolved.insert(name.to_string(), resolve_upstream(name, overrides, Some(defaults))?);
+        resolved.insert(
+            name.to_string(),
+            resolve_upstream(name, overrides, Some(defaults))?,
+        );
     }
     for (name, overrides) in raw {
         let upstream = resolve_upstream(&name, overrides, None)?;
@@ -257,7 +298,10 @@ fn resolve_upstreams(
         for alias in std::iter::once(&upstream.name).chain(&upstream.names) {
             if let Some(first) = seen.insert(alias.clone(), upstream.name.clone()) {
                 let key = format!("upstreams.{:?}.names", upstream.name);
-                return Err(invalid(&key, format!("{alias:?} already names upstream {first:?}")));
+                return Err(invalid(
+                    &key,
+                    format!("{alias:?} already names upstream {first:?}"),
+                ));
             }
         }
     }
@@ -278,7 +322,10 @@ fn resolve_upstream(
     let key = |field: &str| format!("upstreams.{name:?}.{field}");
 
     if name.is_empty() || name.contains('/') || name != name.to_ascii_lowercase() {
-        return Err(invalid(&format!("upstreams.{name:?}"), "an upstream's name is a lowercase registry host"));
+        return Err(invalid(
+            &format!("upstreams.{name:?}"),
+            "an upstream's name is a lowercase registry host",
+        ));
     }
     let url = match (raw.url, &defaults) {
         (Some(url), _) => url,
@@ -290,7 +337,12 @@ fn resolve_upstream(
     let credentials = match (raw.username, raw.password) {
         (Some(username), Some(password)) => Some(Credentials { username, password }),
         (None, None) => None,
-        _ => return Err(invalid(&key("username"), "username and password go together")),
+        _ => {
+            return Err(invalid(
+                &key("username"),
+                "username and password go together",
+            ));
+        }
     };
 
     let names = raw.names.unwrap_or_else(|| {
@@ -331,7 +383,9 @@ fn resolve_upstream(
 fn parse_base_url(text: &str) -> Result<Url, String> {
     let mut url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("{text:?} must be an http:// or https:// URL with a host"));
+        return Err(format!(
+            "{text:?} must be an http:// or https:// URL with a host"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("{text:?} must not have a query or fragment"));
@@ -352,7 +406,10 @@ mod tests {
         let config = Config::embedded();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.default_upstream, "registry.k8s.io");
-        assert_eq!(config.upstreams["k8s.gcr.io"].url.as_str(), "https://registry.k8s.io/");
+        assert_eq!(
+            config.upstreams["k8s.gcr.io"].url.as_str(),
+            "https://registry.k8s.io/"
+        );
         assert!(config.upstreams["docker.io"].library_prefix);
         assert_eq!(config.hosts["@"], "registry.k8s.io");
         assert_eq!(config.hosts["gcr"], "gcr.io");
@@ -376,10 +433,19 @@ mod tests {
         let cases = [
             ("listen = \"nowhere\"", "listen"),
             ("default_upstream = \"nope.io\"", "default_upstream"),
-            ("[upstreams.\"new.io\"]\nretries = 1", "upstreams.\"new.io\".url"),
-            ("[upstreams.\"gcr.io\"]\nurl = \"ftp://x\"", "upstreams.\"gcr.io\".url"),
+            (
+                "[upstreams.\"new.io\"]\nretries = 1",
+                "upstreams.\"new.io\".url",
+            ),
+            (
+                "[upstreams.\"gcr.io\"]\nurl = \"ftp://x\"",
+                "upstreams.\"gcr.io\".url",
+            ),
             ("[upstreams.\"gcr.io\"]\ntag_ttl = \"soon\"", "tag_ttl"),
-            ("[upstreams.\"gcr.io\"]\nusername = \"u\"", "upstreams.\"gcr.io\".username"),
+            (
+                "[upstreams.\"gcr.io\"]\nusername = \"u\"",
+                "upstreams.\"gcr.io\".username",
+            ),
             ("[log]\nformat = \"xml\"", "log.format"),
             ("[hosts]\nfoo = \"nope.io\"", "hosts.\"foo\""),
             ("lissten = \"x\"", "lissten"),
@@ -387,16 +453,18 @@ mod tests {
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();
-            assert!(err.contains(key), "{text:?} gave {err:?}, which does not name {key}");
+            assert!(
+                err.contains(key),
+                "{text:?} gave {err:?}, which does not name {key}"
+            );
         }
     }
 
     #[test]
     fn credentials_are_not_printed() {
-        let config = Config::parse(
-            "[upstreams.\"gcr.io\"]\nusername = \"u\"\npassword = \"s3cret\"\n",
-        )
-        .unwrap();
+        let config =
+            Config::parse("[upstreams.\"gcr.io\"]\nusername = \"u\"\npassword = \"s3cret\"\n")
+                .unwrap();
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 }

@@ -21,9 +21,15 @@ pub struct Mirror {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the cache in {path}: {source}")]
-    Store { path: String, source: std::io::Error },
+    Store {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot set up the client for upstream {name}: {source}")]
-    Upstream { name: String, source: reqwest::Error },
+    Upstream {
+        name: String,
+        source: reqwest::Error,
+    },
 }
 
 impl Mirror {
@@ -36,10 +42,11 @@ impl Mirror {
 
         let mut upstreams = HashMap::new();
         for (name, upstream) in &config.upstreams {
-            let client = Upstream::new(upstream.clone()).map_err(|source| StartError::Upstream {
-                name: name.clone(),
-                source,
-            })?;
+            let client =
+                Upstream::new(upstream.clone()).map_err(|source| StartError::Upstream {
+                    name: name.clone(),
+                    source,
+                })?;
             upstreams.insert(name.clone(), Arc::new(client));
         }
 

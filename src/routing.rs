@@ -104,7 +104,12 @@ impl Router {
 
     /// Resolves a request. `name` is the raw name from the path, `ns` the
     /// decoded `ns` query parameter, `host` the Host header.
-    pub fn route(&self, name: &str, ns: Option<&str>, host: Option<&str>) -> Result<Route, RegistryError> {
+    pub fn route(
+        &self,
+        name: &str,
+        ns: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Route, RegistryError> {
         let (first, rest) = match name.split_once('/') {
             Some((first, rest)) => (first, Some(rest)),
             None => (name, None),
@@ -113,7 +118,10 @@ impl Router {
 
         let chosen = if let Some(ns) = ns.filter(|ns| !ns.is_empty()) {
             let ns = ns.to_ascii_lowercase();
-            let upstream = self.names.get(&ns).ok_or_else(|| RegistryError::unknown_registry(&ns))?;
+            let upstream = self
+                .names
+                .get(&ns)
+                .ok_or_else(|| RegistryError::unknown_registry(&ns))?;
             Some((upstream.clone(), Via::Ns))
         } else {
             self.upstream_for_host(host).map(|u| (u, Via::Host))
@@ -126,7 +134,11 @@ impl Router {
                 (upstream, rest.unwrap_or_default().to_owned(), via)
             }
             (Some((upstream, via)), _) => (upstream, name.to_owned(), via),
-            (None, Some(prefixed)) => (prefixed.clone(), rest.unwrap_or_default().to_owned(), Via::Prefix),
+            (None, Some(prefixed)) => (
+                prefixed.clone(),
+                rest.unwrap_or_default().to_owned(),
+                Via::Prefix,
+            ),
             (None, None) if rest.is_some() && looks_like_registry_host(first) => {
                 return Err(RegistryError::unknown_registry(first));
             }
@@ -199,24 +211,44 @@ mod tests {
             parse_path("/v2/gcr.io/x/blobs/sha256:ab"),
             Some(("gcr.io/x".into(), Endpoint::Blob("sha256:ab".into())))
         );
-        assert_eq!(parse_path("/v2/x/tags/list"), Some(("x".into(), Endpoint::TagsList)));
-        assert_eq!(parse_path("/v2/x/blobs/uploads/"), Some(("x".into(), Endpoint::BlobUpload)));
-        assert_eq!(parse_path("/v2/_catalog"), Some((String::new(), Endpoint::Catalog)));
+        assert_eq!(
+            parse_path("/v2/x/tags/list"),
+            Some(("x".into(), Endpoint::TagsList))
+        );
+        assert_eq!(
+            parse_path("/v2/x/blobs/uploads/"),
+            Some(("x".into(), Endpoint::BlobUpload))
+        );
+        assert_eq!(
+            parse_path("/v2/_catalog"),
+            Some((String::new(), Endpoint::Catalog))
+        );
         assert_eq!(parse_path("/v2/manifests/x"), None);
         assert_eq!(parse_path("/v3/x/manifests/y"), None);
     }
 
     #[test]
     fn ns_comes_first_and_hub_names_agree() {
-        for hub in ["docker.io", "index.docker.io", "registry-1.docker.io", "Docker.IO"] {
-            assert_eq!(route("nginx", Some(hub), None), ("docker.io".into(), "library/nginx".into(), Via::Ns));
+        for hub in [
+            "docker.io",
+            "index.docker.io",
+            "registry-1.docker.io",
+            "Docker.IO",
+        ] {
+            assert_eq!(
+                route("nginx", Some(hub), None),
+                ("docker.io".into(), "library/nginx".into(), Via::Ns)
+            );
         }
         assert_eq!(route("x/y", Some("host:5000"), None).0, "host:5000");
         assert_eq!(
             route("registry.k8s.io/pause", Some("registry.k8s.io"), None),
             ("registry.k8s.io".into(), "pause".into(), Via::Ns)
         );
-        assert_eq!(route("pause", Some("gcr.io"), Some("k8s.lank8s.example")).0, "gcr.io");
+        assert_eq!(
+            route("pause", Some("gcr.io"), Some("k8s.lank8s.example")).0,
+            "gcr.io"
+        );
     }
 
     #[test]
@@ -237,14 +269,20 @@ mod tests {
             ("gcr.lank8s.example", "gcr.io"),
             ("k8s.lank8s.example", "k8s.gcr.io"),
             ("docker.lank8s.example", "docker.io"),
-            ("us-central1-docker.pkgdev.lank8s.example", "us-central1-docker.pkg.dev"),
+            (
+                "us-central1-docker.pkgdev.lank8s.example",
+                "us-central1-docker.pkg.dev",
+            ),
         ];
         for (host, upstream) in cases {
             let (u, _, via) = route("pause", None, Some(host));
             assert_eq!((u.as_str(), via), (upstream, Via::Host), "{host}");
         }
         assert_eq!(route("pause", None, Some("other.example")).2, Via::Default);
-        assert_eq!(route("pause", None, Some("nope.lank8s.example")).2, Via::Default);
+        assert_eq!(
+            route("pause", None, Some("nope.lank8s.example")).2,
+            Via::Default
+        );
     }
 
     #[test]
@@ -254,7 +292,10 @@ mod tests {
             ("gcr.io".into(), "distroless/static".into(), Via::Prefix)
         );
         assert_eq!(route("docker.io/nginx", None, None).1, "library/nginx");
-        assert_eq!(route("pause", None, None), ("registry.k8s.io".into(), "pause".into(), Via::Default));
+        assert_eq!(
+            route("pause", None, None),
+            ("registry.k8s.io".into(), "pause".into(), Via::Default)
+        );
         assert_eq!(route("coredns/coredns", None, None).1, "coredns/coredns");
     }
 

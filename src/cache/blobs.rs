@@ -36,7 +36,12 @@ impl BlobCache {
 
     /// Opens `digest` for reading, starting a fill from `upstream` if it is
     /// neither cached nor already being filled.
-    pub async fn open(&self, upstream: &Arc<Upstream>, repository: &str, digest: &Digest) -> Result<OpenBlob, RegistryError> {
+    pub async fn open(
+        &self,
+        upstream: &Arc<Upstream>,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<OpenBlob, RegistryError> {
         let (fill, cache) = {
             let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(fill) = fills.get(digest) {
@@ -48,7 +53,9 @@ impl BlobCache {
                 if let Ok(file) = std::fs::File::open(&path) {
                     let size = file
                         .metadata()
-                        .map_err(|e| RegistryError::internal(format!("cannot read a cached blob: {e}")))?
+                        .map_err(|e| {
+                            RegistryError::internal(format!("cannot read a cached blob: {e}"))
+                        })?
                         .len();
                     return Ok(OpenBlob {
                         source: Source::File(Arc::new(file)),
@@ -58,9 +65,18 @@ impl BlobCache {
                 }
                 let fills_handle = self.fills.clone();
                 let key = digest.clone();
-                let fill = Fill::start(self.store.clone(), upstream.clone(), repository.to_owned(), digest.clone(), move || {
-                    fills_handle.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-                })
+                let fill = Fill::start(
+                    self.store.clone(),
+                    upstream.clone(),
+                    repository.to_owned(),
+                    digest.clone(),
+                    move || {
+                        fills_handle
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
+                    },
+                )
                 .map_err(|e| RegistryError::internal(format!("cannot start a fill: {e}")))?;
                 fills.insert(digest.clone(), fill.clone());
                 (fill, CacheResult::Miss)
@@ -76,7 +92,12 @@ impl BlobCache {
 
     /// The size of `digest` without reading it: from the cache, a running
     /// fill, or an upstream HEAD, which downloads nothing.
-    pub async fn size(&self, upstream: &Upstream, repository: &str, digest: &Digest) -> Result<(u64, CacheResult), RegistryError> {
+    pub async fn size(
+        &self,
+        upstream: &Upstream,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(u64, CacheResult), RegistryError> {
         let running = {
             let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
             fills.get(digest).cloned()
@@ -90,10 +111,20 @@ impl BlobCache {
             return Ok((metadata.len(), CacheResult::Hit));
         }
         let response = upstream
-            .fetch(Method::HEAD, repository, &format!("blobs/{digest}"), None, ErrorCode::BlobUnknown)
+            .fetch(
+                Method::HEAD,
+                repository,
+                &format!("blobs/{digest}"),
+                None,
+                ErrorCode::BlobUnknown,
+            )
             .await?;
-        let size = content_length(response.headers())
-            .ok_or_else(|| RegistryError::bad_gateway(format!("{} answered a blob HEAD without a length", upstream.name())))?;
+        let size = content_length(response.headers()).ok_or_else(|| {
+            RegistryError::bad_gateway(format!(
+                "{} answered a blob HEAD without a length",
+                upstream.name()
+            ))
+        })?;
         Ok((size, CacheResult::Pass))
     }
 }

@@ -30,9 +30,14 @@ pub enum FillState {
     /// Bytes `0..available` are on disk and may be sent. Until the digest is
     /// checked the last byte is held back, so no client can receive a
     /// complete-looking body with wrong bytes.
-    Streaming { size: Option<u64>, available: u64 },
+    Streaming {
+        size: Option<u64>,
+        available: u64,
+    },
     /// Verified and committed to the cache.
-    Done { size: u64 },
+    Done {
+        size: u64,
+    },
     Failed(RegistryError),
 }
 
@@ -137,16 +142,25 @@ impl FillTask {
         let name = self.upstream.name();
         let response = self
             .upstream
-            .fetch(Method::GET, &self.repository, &format!("blobs/{}", self.digest), None, ErrorCode::BlobUnknown)
+            .fetch(
+                Method::GET,
+                &self.repository,
+                &format!("blobs/{}", self.digest),
+                None,
+                ErrorCode::BlobUnknown,
+            )
             .await?;
         let size = content_length(response.headers());
-        self.state.send_replace(FillState::Streaming { size, available: 0 });
+        self.state
+            .send_replace(FillState::Streaming { size, available: 0 });
 
         let mut body = response.bytes_stream();
         let mut writer = writer;
         let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written: u64 = 0;
-        let cut = |e: reqwest::Error| RegistryError::bad_gateway(format!("{name} cut the blob stream: {e}"));
+        let cut = |e: reqwest::Error| {
+            RegistryError::bad_gateway(format!("{name} cut the blob stream: {e}"))
+        };
 
         while let Some(first) = body.next().await {
             // Take whatever else has already arrived, so that a fast
@@ -160,7 +174,9 @@ impl FillTask {
             }
             written += batch.len() as u64;
             if size.is_some_and(|s| written > s) {
-                return Err(RegistryError::bad_gateway(format!("{name} sent more bytes than it declared")));
+                return Err(RegistryError::bad_gateway(format!(
+                    "{name} sent more bytes than it declared"
+                )));
             }
 
             // Hashing and writing both cost CPU time that would otherwise
@@ -173,13 +189,15 @@ impl FillTask {
             .await
             .map_err(|e| RegistryError::internal(format!("fill writer failed: {e}")))?;
             (writer, hasher) = (w, h);
-            result.map_err(|e| RegistryError::internal(format!("cannot write to the cache: {e}")))?;
+            result
+                .map_err(|e| RegistryError::internal(format!("cannot write to the cache: {e}")))?;
 
             let available = match size {
                 Some(size) => written.min(size.saturating_sub(1)),
                 None => written,
             };
-            self.state.send_replace(FillState::Streaming { size, available });
+            self.state
+                .send_replace(FillState::Streaming { size, available });
         }
 
         if size.is_some_and(|s| written != s) {
@@ -190,7 +208,9 @@ impl FillTask {
         }
         let actual = hasher.finish();
         if actual != self.digest {
-            return Err(RegistryError::bad_gateway(format!("{name} sent bytes whose digest is {actual}, not the one asked for")));
+            return Err(RegistryError::bad_gateway(format!(
+                "{name} sent bytes whose digest is {actual}, not the one asked for"
+            )));
         }
 
         let temp = self.temp.clone();
@@ -223,7 +243,11 @@ pub enum Source {
 /// Streams bytes `start..end` of a blob (`end` unknown until a fill of
 /// unknown size finishes). The stream fails, rather than ends, when the
 /// fill fails, so the client's response is aborted.
-pub fn read_range(source: Source, start: u64, end: Option<u64>) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+pub fn read_range(
+    source: Source,
+    start: u64,
+    end: Option<u64>,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
     // The last byte of a range is held back until the fill is verified, so
     // a failed fill can still abort the response of every reader.
     let hold = move |available: u64| end.map_or(available, |e| available.min(e.saturating_sub(1)));
@@ -248,7 +272,12 @@ pub fn read_range(source: Source, start: u64, end: Option<u64>) -> impl Stream<I
                     Ok(FillState::Failed(err)) => {
                         return Some((Err(std::io::Error::other(err.message)), (source, u64::MAX)));
                     }
-                    _ => return Some((Err(std::io::Error::other("the fill ended without saying how")), (source, u64::MAX))),
+                    _ => {
+                        return Some((
+                            Err(std::io::Error::other("the fill ended without saying how")),
+                            (source, u64::MAX),
+                        ));
+                    }
                 };
                 (fill.file.clone(), limit)
             }

@@ -69,7 +69,11 @@ impl ManifestCache {
         let estimated_items = (memory_bytes / 4096).max(16) as usize;
         ManifestCache {
             store,
-            by_digest: quick_cache::sync::Cache::with_weighter(estimated_items, memory_bytes.max(1), ManifestWeight),
+            by_digest: quick_cache::sync::Cache::with_weighter(
+                estimated_items,
+                memory_bytes.max(1),
+                ManifestWeight,
+            ),
             tags: quick_cache::sync::Cache::new(TAG_MEMORY_ENTRIES),
         }
     }
@@ -88,17 +92,39 @@ impl ManifestCache {
         }
     }
 
-    async fn resolve_digest(&self, upstream: &Upstream, repository: &str, digest: &Digest) -> Result<Resolved, RegistryError> {
+    async fn resolve_digest(
+        &self,
+        upstream: &Upstream,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Resolved, RegistryError> {
         if let Some(manifest) = self.load(digest).await {
             return Ok(resolved(manifest, CacheResult::Hit));
         }
-        let manifest = fetch(upstream, repository, &digest.to_string(), ALL_MANIFESTS, Some(digest)).await?;
+        let manifest = fetch(
+            upstream,
+            repository,
+            &digest.to_string(),
+            ALL_MANIFESTS,
+            Some(digest),
+        )
+        .await?;
         let manifest = self.keep(manifest).await;
         Ok(resolved(manifest, CacheResult::Miss))
     }
 
-    async fn resolve_tag(&self, upstream: &Upstream, repository: &str, tag: &str, accept: &Accept) -> Result<Resolved, RegistryError> {
-        let key = (upstream.name().to_owned(), repository.to_owned(), tag.to_owned());
+    async fn resolve_tag(
+        &self,
+        upstream: &Upstream,
+        repository: &str,
+        tag: &str,
+        accept: &Accept,
+    ) -> Result<Resolved, RegistryError> {
+        let key = (
+            upstream.name().to_owned(),
+            repository.to_owned(),
+            tag.to_owned(),
+        );
         let cached = match self.tag_record(&key).await {
             Some(record) => Digest::parse(&record.digest)
                 .ok()
@@ -118,7 +144,9 @@ impl ManifestCache {
         // client's own Accept, which may pick another form (one platform
         // instead of the index), and do not let that answer replace the tag.
         if !accept.allows(&manifest.media_type) {
-            let wanted = accept.header_value().unwrap_or_else(|| ALL_MANIFESTS.to_owned());
+            let wanted = accept
+                .header_value()
+                .unwrap_or_else(|| ALL_MANIFESTS.to_owned());
             return match fetch(upstream, repository, tag, &wanted, None).await {
                 Ok(other) => Ok(resolved(self.keep(other).await, CacheResult::Pass)),
                 Err(err) if err.allows_stale() => Ok(stale(manifest, upstream, &err)),
@@ -134,7 +162,13 @@ impl ManifestCache {
         // Expired: a HEAD costs upstream far less than a GET, and usually
         // says the tag has not moved.
         let head = upstream
-            .fetch(Method::HEAD, repository, &format!("manifests/{tag}"), Some(ALL_MANIFESTS), ErrorCode::ManifestUnknown)
+            .fetch(
+                Method::HEAD,
+                repository,
+                &format!("manifests/{tag}"),
+                Some(ALL_MANIFESTS),
+                ErrorCode::ManifestUnknown,
+            )
             .await;
         match head {
             Ok(response) => {
@@ -160,7 +194,13 @@ impl ManifestCache {
         }
     }
 
-    async fn fetch_tag(&self, upstream: &Upstream, repository: &str, tag: &str, key: &TagKey) -> Result<Resolved, RegistryError> {
+    async fn fetch_tag(
+        &self,
+        upstream: &Upstream,
+        repository: &str,
+        tag: &str,
+        key: &TagKey,
+    ) -> Result<Resolved, RegistryError> {
         let manifest = fetch(upstream, repository, tag, ALL_MANIFESTS, None).await?;
         let manifest = self.keep(manifest).await;
         self.remember_tag(key, &manifest).await;
@@ -172,7 +212,9 @@ impl ManifestCache {
         if let Some(manifest) = self.by_digest.get(digest) {
             return Some(manifest);
         }
-        let stored = tokio::fs::read(self.store.manifest_path(digest)).await.ok()?;
+        let stored = tokio::fs::read(self.store.manifest_path(digest))
+            .await
+            .ok()?;
         let newline = stored.iter().position(|&b| b == b'\n')?;
         let media_type = std::str::from_utf8(&stored[..newline]).ok()?.to_owned();
         let bytes = Bytes::from(stored).slice(newline + 1..);
@@ -197,11 +239,16 @@ impl ManifestCache {
         stored.extend_from_slice(manifest.media_type.as_bytes());
         stored.push(b'\n');
         stored.extend_from_slice(&manifest.bytes);
-        if let Err(e) = self.store.write_atomic(self.store.manifest_path(&manifest.digest), stored).await {
+        if let Err(e) = self
+            .store
+            .write_atomic(self.store.manifest_path(&manifest.digest), stored)
+            .await
+        {
             tracing::warn!(digest = %manifest.digest, error = %e, "cannot write manifest to the cache");
         }
         let manifest = Arc::new(manifest);
-        self.by_digest.insert(manifest.digest.clone(), manifest.clone());
+        self.by_digest
+            .insert(manifest.digest.clone(), manifest.clone());
         manifest
     }
 
@@ -249,12 +296,19 @@ fn stale(manifest: Arc<Manifest>, upstream: &Upstream, err: &RegistryError) -> R
     Resolved {
         manifest,
         cache: CacheResult::Stale,
-        warning: Some(format!("299 lank8s \"stale: {} failed: {}\"", upstream.name(), err.message.replace('"', "'"))),
+        warning: Some(format!(
+            "299 lank8s \"stale: {} failed: {}\"",
+            upstream.name(),
+            err.message.replace('"', "'")
+        )),
     }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Fetches a manifest and checks it: a manifest type, within the size
@@ -268,26 +322,40 @@ async fn fetch(
     expected: Option<&Digest>,
 ) -> Result<Manifest, RegistryError> {
     let mut response = upstream
-        .fetch(Method::GET, repository, &format!("manifests/{reference}"), Some(accept), ErrorCode::ManifestUnknown)
+        .fetch(
+            Method::GET,
+            repository,
+            &format!("manifests/{reference}"),
+            Some(accept),
+            ErrorCode::ManifestUnknown,
+        )
         .await?;
     let name = upstream.name();
-    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let content_type = header(CONTENT_TYPE.as_str());
     let claimed = header("docker-content-digest");
 
     let declared = header("content-length").and_then(|l| l.parse::<usize>().ok());
     if declared.is_some_and(|l| l > MAX_MANIFEST_BYTES) {
-        return Err(RegistryError::bad_gateway(format!("{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes")));
+        return Err(RegistryError::bad_gateway(format!(
+            "{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes"
+        )));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| RegistryError::bad_gateway(format!("reading a manifest from {name} failed: {e}")))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        RegistryError::bad_gateway(format!("reading a manifest from {name} failed: {e}"))
+    })? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::bad_gateway(format!("{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes")));
+            return Err(RegistryError::bad_gateway(format!(
+                "{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes"
+            )));
         }
     }
 
@@ -298,19 +366,31 @@ async fn fetch(
         // No usable type: a real manifest names its own in `mediaType`.
         _ => serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
             .filter(|m| looks_like_manifest_type(m))
-            .ok_or_else(|| RegistryError::bad_gateway(format!("{name} answered with something that is not a manifest")))?,
+            .ok_or_else(|| {
+                RegistryError::bad_gateway(format!(
+                    "{name} answered with something that is not a manifest"
+                ))
+            })?,
     };
 
     let algorithm = expected.map(Digest::algorithm).unwrap_or(Algorithm::Sha256);
     let digest = Digest::of(algorithm, &body);
     if expected.is_some_and(|e| *e != digest) {
-        return Err(RegistryError::bad_gateway(format!("{name} sent a manifest that does not match the digest asked for")));
+        return Err(RegistryError::bad_gateway(format!(
+            "{name} sent a manifest that does not match the digest asked for"
+        )));
     }
     if let Some(claimed) = claimed.as_deref().and_then(|c| Digest::parse(c).ok()) {
         if claimed.algorithm() == algorithm && claimed != digest {
-            return Err(RegistryError::bad_gateway(format!("{name} sent a manifest that does not match its Docker-Content-Digest")));
+            return Err(RegistryError::bad_gateway(format!(
+                "{name} sent a manifest that does not match its Docker-Content-Digest"
+            )));
         }
     }
     Ok(Manifest {

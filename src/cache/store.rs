@@ -67,7 +67,9 @@ impl Store {
     /// A fresh name for a write in progress.
     pub fn temp_path(&self) -> PathBuf {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        self.root.join("tmp").join(format!("{}-{n}", std::process::id()))
+        self.root
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()))
     }
 
     /// Makes a finished temporary file visible under its final name.
@@ -113,9 +115,15 @@ mod tests {
         let digest = Digest::of(Algorithm::Sha256, b"hello");
         let path = store.blob_path(&digest);
         assert!(path.starts_with(dir.path().join("blobs/sha256/2c")));
-        store.write_atomic(path.clone(), b"hello".to_vec()).await.unwrap();
+        store
+            .write_atomic(path.clone(), b"hello".to_vec())
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

@@ -60,7 +60,10 @@ mod tests {
         assert_eq!(answer(None, 10), Full);
         assert_eq!(answer(Some("bytes=0-3"), 10), Partial { start: 0, end: 4 });
         assert_eq!(answer(Some("bytes=4-"), 10), Partial { start: 4, end: 10 });
-        assert_eq!(answer(Some("bytes=4-100"), 10), Partial { start: 4, end: 10 });
+        assert_eq!(
+            answer(Some("bytes=4-100"), 10),
+            Partial { start: 4, end: 10 }
+        );
         assert_eq!(answer(Some("bytes=-3"), 10), Partial { start: 7, end: 10 });
         assert_eq!(answer(Some("bytes=-30"), 10), Partial { start: 0, end: 10 });
         assert_eq!(answer(Some("bytes=10-"), 10), Unsatisfiable);

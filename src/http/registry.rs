@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, LINK, RANGE, RETRY_AFTER, WARNING};
+use axum::http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, LINK, RANGE, RETRY_AFTER,
+    WARNING,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use reqwest::Method as UpstreamMethod;
@@ -33,7 +36,12 @@ pub async fn base(method: Method) -> Response {
 }
 
 /// Every other /v2 request.
-pub async fn handle(State(mirror): State<Arc<Mirror>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn handle(
+    State(mirror): State<Arc<Mirror>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let mut log = LogContext::default();
     let response = match answer(&mirror, &method, &uri, &headers, &mut log).await {
         Ok(response) => response,
@@ -49,12 +57,25 @@ pub async fn handle(State(mirror): State<Arc<Mirror>>, method: Method, uri: Uri,
     response
 }
 
-async fn answer(mirror: &Mirror, method: &Method, uri: &Uri, headers: &HeaderMap, log: &mut LogContext) -> Result<Response, RegistryError> {
-    let (name, endpoint) = parse_path(uri.path()).ok_or_else(|| RegistryError::unsupported("not a registry API path"))?;
+async fn answer(
+    mirror: &Mirror,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    log: &mut LogContext,
+) -> Result<Response, RegistryError> {
+    let (name, endpoint) = parse_path(uri.path())
+        .ok_or_else(|| RegistryError::unsupported("not a registry API path"))?;
     match endpoint {
-        Endpoint::Catalog => return Err(RegistryError::unsupported("this mirror does not list its repositories")),
+        Endpoint::Catalog => {
+            return Err(RegistryError::unsupported(
+                "this mirror does not list its repositories",
+            ));
+        }
         Endpoint::BlobUpload => return Err(RegistryError::method_not_allowed()),
-        _ if method != Method::GET && method != Method::HEAD => return Err(RegistryError::method_not_allowed()),
+        _ if method != Method::GET && method != Method::HEAD => {
+            return Err(RegistryError::method_not_allowed());
+        }
         _ => {}
     }
 
@@ -74,11 +95,29 @@ async fn answer(mirror: &Mirror, method: &Method, uri: &Uri, headers: &HeaderMap
     match endpoint {
         Endpoint::Manifest(reference) => {
             log.reference = Some(reference.clone());
-            manifest(mirror, upstream, &route, &Reference::parse(&reference)?, headers, head, log).await
+            manifest(
+                mirror,
+                upstream,
+                &route,
+                &Reference::parse(&reference)?,
+                headers,
+                head,
+                log,
+            )
+            .await
         }
         Endpoint::Blob(digest) => {
             log.reference = Some(digest.clone());
-            blob(mirror, upstream, &route, &Digest::parse(&digest)?, headers, head, log).await
+            blob(
+                mirror,
+                upstream,
+                &route,
+                &Digest::parse(&digest)?,
+                headers,
+                head,
+                log,
+            )
+            .await
         }
         Endpoint::TagsList => tags_list(upstream, &route, &name, query, log).await,
         Endpoint::Referrers(digest) => {
@@ -99,15 +138,25 @@ async fn manifest(
     log: &mut LogContext,
 ) -> Result<Response, RegistryError> {
     let accept = Accept::from_headers(headers);
-    let resolved = mirror.manifests.resolve(upstream, &route.repository, reference, &accept).await?;
+    let resolved = mirror
+        .manifests
+        .resolve(upstream, &route.repository, reference, &accept)
+        .await?;
     log.cache = Some(resolved.cache);
 
     let manifest = &resolved.manifest;
-    let mut response = Response::new(if head { Body::empty() } else { Body::from(manifest.bytes.clone()) });
+    let mut response = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(manifest.bytes.clone())
+    });
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, header_value(&manifest.media_type)?);
     h.insert(CONTENT_LENGTH, HeaderValue::from(manifest.bytes.len()));
-    h.insert("docker-content-digest", header_value(&manifest.digest.to_string())?);
+    h.insert(
+        "docker-content-digest",
+        header_value(&manifest.digest.to_string())?,
+    );
     if let Some(warning) = &resolved.warning {
         h.insert(WARNING, header_value(warning)?);
     }
@@ -124,12 +173,23 @@ async fn blob(
     log: &mut LogContext,
 ) -> Result<Response, RegistryError> {
     if head {
-        let (size, cache) = mirror.blobs.size(upstream, &route.repository, digest).await?;
+        let (size, cache) = mirror
+            .blobs
+            .size(upstream, &route.repository, digest)
+            .await?;
         log.cache = Some(cache);
-        return Ok(blob_response(StatusCode::OK, digest, Some(size), Body::empty()));
+        return Ok(blob_response(
+            StatusCode::OK,
+            digest,
+            Some(size),
+            Body::empty(),
+        ));
     }
 
-    let opened = mirror.blobs.open(upstream, &route.repository, digest).await?;
+    let opened = mirror
+        .blobs
+        .open(upstream, &route.repository, digest)
+        .await?;
     log.cache = Some(opened.cache);
     let range_header = headers.get(RANGE).and_then(|r| r.to_str().ok());
 
@@ -143,7 +203,9 @@ async fn blob(
         }
         // A range needs the size; wait for the fill to learn it.
         (None, Source::Fill(fill), Some(_)) => fill.finished().await?,
-        (None, Source::File(_), Some(_)) => return Err(RegistryError::internal("cached blob of unknown size")),
+        (None, Source::File(_), Some(_)) => {
+            return Err(RegistryError::internal("cached blob of unknown size"));
+        }
     };
 
     match range::answer(range_header, size) {
@@ -153,15 +215,20 @@ async fn blob(
         }
         RangeAnswer::Partial { start, end } => {
             let body = Body::from_stream(read_range(opened.source, start, Some(end)));
-            let mut response = blob_response(StatusCode::PARTIAL_CONTENT, digest, Some(end - start), body);
+            let mut response =
+                blob_response(StatusCode::PARTIAL_CONTENT, digest, Some(end - start), body);
             let content_range = format!("bytes {start}-{}/{size}", end - 1);
-            response.headers_mut().insert(CONTENT_RANGE, header_value(&content_range)?);
+            response
+                .headers_mut()
+                .insert(CONTENT_RANGE, header_value(&content_range)?);
             Ok(response)
         }
         RangeAnswer::Unsatisfiable => {
             let err = RegistryError::range_not_satisfiable(size);
             let mut response = error_response(&err);
-            response.headers_mut().insert(CONTENT_RANGE, header_value(&format!("bytes */{size}"))?);
+            response
+                .headers_mut()
+                .insert(CONTENT_RANGE, header_value(&format!("bytes */{size}"))?);
             Ok(response)
         }
     }
@@ -171,7 +238,10 @@ fn blob_response(status: StatusCode, digest: &Digest, length: Option<u64>, body:
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some(length) = length {
         h.insert(CONTENT_LENGTH, HeaderValue::from(length));
@@ -185,12 +255,25 @@ fn blob_response(status: StatusCode, digest: &Digest, length: Option<u64>, body:
 /// Tag lists are passed through, not cached: they change and are rarely
 /// asked for. Paging keys are rebuilt rather than forwarded raw, and the
 /// next-page link is rewritten to the path this client used.
-async fn tags_list(upstream: &Upstream, route: &Route, client_name: &str, query: &str, log: &mut LogContext) -> Result<Response, RegistryError> {
+async fn tags_list(
+    upstream: &Upstream,
+    route: &Route,
+    client_name: &str,
+    query: &str,
+    log: &mut LogContext,
+) -> Result<Response, RegistryError> {
     log.cache = Some(CacheResult::Pass);
     let forwarded = {
         let mut forwarded = url::form_urlencoded::Serializer::new(String::new());
         if let Some(n) = query_param(query, "n") {
-            let n: u32 = n.parse().map_err(|_| RegistryError::new(Fault::Client, StatusCode::BAD_REQUEST, ErrorCode::Unsupported, "n must be a number"))?;
+            let n: u32 = n.parse().map_err(|_| {
+                RegistryError::new(
+                    Fault::Client,
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::Unsupported,
+                    "n must be a number",
+                )
+            })?;
             forwarded.append_pair("n", &n.to_string());
         }
         if let Some(last) = query_param(query, "last") {
@@ -198,10 +281,20 @@ async fn tags_list(upstream: &Upstream, route: &Route, client_name: &str, query:
         }
         forwarded.finish()
     };
-    let tail = if forwarded.is_empty() { "tags/list".to_owned() } else { format!("tags/list?{forwarded}") };
+    let tail = if forwarded.is_empty() {
+        "tags/list".to_owned()
+    } else {
+        format!("tags/list?{forwarded}")
+    };
 
     let upstream_response = upstream
-        .fetch(UpstreamMethod::GET, &route.repository, &tail, None, ErrorCode::NameUnknown)
+        .fetch(
+            UpstreamMethod::GET,
+            &route.repository,
+            &tail,
+            None,
+            ErrorCode::NameUnknown,
+        )
         .await?;
     let link = upstream_response
         .headers()
@@ -211,7 +304,9 @@ async fn tags_list(upstream: &Upstream, route: &Route, client_name: &str, query:
     let body = read_limited(upstream_response, upstream.name()).await?;
 
     let mut response = Response::new(Body::from(body));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(link) = link {
         response.headers_mut().insert(LINK, header_value(&link)?);
     }
@@ -232,10 +327,19 @@ fn next_link(upstream_link: &str, client_name: &str, ns: Option<&str>) -> Option
     if let Some(ns) = ns {
         query.append_pair("ns", ns);
     }
-    Some(format!("</v2/{client_name}/tags/list?{}>; rel=\"next\"", query.finish()))
+    Some(format!(
+        "</v2/{client_name}/tags/list?{}>; rel=\"next\"",
+        query.finish()
+    ))
 }
 
-async fn referrers(upstream: &Upstream, route: &Route, digest: &Digest, query: &str, log: &mut LogContext) -> Result<Response, RegistryError> {
+async fn referrers(
+    upstream: &Upstream,
+    route: &Route,
+    digest: &Digest,
+    query: &str,
+    log: &mut LogContext,
+) -> Result<Response, RegistryError> {
     log.cache = Some(CacheResult::Pass);
     let tail = match query_param(query, "artifactType") {
         Some(artifact_type) => {
@@ -247,20 +351,36 @@ async fn referrers(upstream: &Upstream, route: &Route, digest: &Digest, query: &
         None => format!("referrers/{digest}"),
     };
     let upstream_response = upstream
-        .fetch(UpstreamMethod::GET, &route.repository, &tail, Some(OCI_INDEX), ErrorCode::ManifestUnknown)
+        .fetch(
+            UpstreamMethod::GET,
+            &route.repository,
+            &tail,
+            Some(OCI_INDEX),
+            ErrorCode::ManifestUnknown,
+        )
         .await?;
-    let filtered = upstream_response.headers().get("oci-filters-applied").cloned();
+    let filtered = upstream_response
+        .headers()
+        .get("oci-filters-applied")
+        .cloned();
     let body = read_limited(upstream_response, upstream.name()).await?;
 
     let mut response = Response::new(Body::from(body));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
     if let Some(filtered) = filtered {
-        response.headers_mut().insert("oci-filters-applied", filtered);
+        response
+            .headers_mut()
+            .insert("oci-filters-applied", filtered);
     }
     Ok(response)
 }
 
-async fn read_limited(mut response: reqwest::Response, name: &str) -> Result<Vec<u8>, RegistryError> {
+async fn read_limited(
+    mut response: reqwest::Response,
+    name: &str,
+) -> Result<Vec<u8>, RegistryError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -269,7 +389,9 @@ async fn read_limited(mut response: reqwest::Response, name: &str) -> Result<Vec
     {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_LISTING_BYTES {
-            return Err(RegistryError::bad_gateway(format!("{name} sent a listing over {MAX_LISTING_BYTES} bytes")));
+            return Err(RegistryError::bad_gateway(format!(
+                "{name} sent a listing over {MAX_LISTING_BYTES} bytes"
+            )));
         }
     }
     Ok(body)
@@ -282,16 +404,21 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, RegistryError> {
-    HeaderValue::from_str(text).map_err(|_| RegistryError::bad_gateway("upstream sent a value that cannot be a header"))
+    HeaderValue::from_str(text)
+        .map_err(|_| RegistryError::bad_gateway("upstream sent a value that cannot be a header"))
 }
 
 /// The one place a `RegistryError` becomes an HTTP response.
 pub fn error_response(err: &RegistryError) -> Response {
     let mut response = Response::new(Body::from(err.body()));
     *response.status_mut() = err.status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(seconds) = err.retry_after {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     response.extensions_mut().insert(err.clone());
     response

@@ -37,7 +37,10 @@ pub enum ServeError {
     #[error(transparent)]
     Start(#[from] StartError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -58,14 +61,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mirror = Arc::new(Mirror::new(&config)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), default_upstream = %config.default_upstream, "lank8s listening");
 
-    axum::serve(listener, app(mirror).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Serve)
+    axum::serve(
+        listener,
+        app(mirror).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(ServeError::Serve)
 }
 
 async fn shutdown_signal() {
@@ -96,10 +105,14 @@ async fn access_log(request: Request, next: Next) -> Response {
         .unwrap_or_default();
 
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
-    let context = response.extensions_mut().remove::<LogContext>().unwrap_or_default();
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let context = response
+        .extensions_mut()
+        .remove::<LogContext>()
+        .unwrap_or_default();
     let error = response.extensions_mut().remove::<RegistryError>();
 
     let line = AccessLine {
@@ -111,6 +124,11 @@ async fn access_log(request: Request, next: Next) -> Response {
         error: error.map(|e| e.message),
         started,
     };
+    let declared = response
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let (parts, body) = response.into_parts();
     Response::from_parts(
         parts,
@@ -118,6 +136,7 @@ async fn access_log(request: Request, next: Next) -> Response {
             inner: body,
             line: Some(line),
             bytes: 0,
+            declared,
         }),
     )
     .into_response()
@@ -162,13 +181,18 @@ struct LoggedBody {
     inner: Body,
     line: Option<AccessLine>,
     bytes: u64,
+    /// The Content-Length sent; the server stops polling once it is reached.
+    declared: Option<u64>,
 }
 
 impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -202,8 +226,10 @@ impl LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        // An empty body (HEAD, errors) may never be polled to its end.
-        let outcome = if self.inner.is_end_stream() { "complete" } else { "client gone" };
+        // The server stops polling a body once its declared length is sent,
+        // and may never poll an empty one (HEAD) at all.
+        let complete = self.inner.is_end_stream() || self.declared == Some(self.bytes);
+        let outcome = if complete { "complete" } else { "client gone" };
         self.finish(outcome);
     }
 }

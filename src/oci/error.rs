@@ -81,7 +81,12 @@ pub struct RegistryError {
 }
 
 impl RegistryError {
-    pub fn new(fault: Fault, status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(
+        fault: Fault,
+        status: StatusCode,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
         RegistryError {
             fault,
             status,
@@ -152,7 +157,12 @@ impl RegistryError {
     }
 
     pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(Fault::Client, StatusCode::NOT_FOUND, ErrorCode::Unsupported, message)
+        Self::new(
+            Fault::Client,
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unsupported,
+            message,
+        )
     }
 
     pub fn method_not_allowed() -> Self {
@@ -180,7 +190,12 @@ impl RegistryError {
     // === upstream trouble ===
 
     pub fn bad_gateway(message: impl Into<String>) -> Self {
-        Self::new(Fault::Upstream, StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message)
+        Self::new(
+            Fault::Upstream,
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
 
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
@@ -221,7 +236,10 @@ mod tests {
         let err = RegistryError::name_invalid("Bad");
         let body: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
         assert_eq!(body["errors"][0]["code"], "NAME_INVALID");
-        assert_eq!(body["errors"][0]["message"], "invalid repository name \"Bad\"");
+        assert_eq!(
+            body["errors"][0]["message"],
+            "invalid repository name \"Bad\""
+        );
     }
 
     #[test]

@@ -15,9 +15,8 @@ const MAX_NAME_LEN: usize = 255;
 /// Because no component may be empty or start with a separator, a valid name
 /// can never contain `..` or a leading `/`, which keeps it safe as a path.
 pub fn validate_repository(name: &str) -> Result<(), RegistryError> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.split('/').all(valid_component);
+    let valid =
+        !name.is_empty() && name.len() <= MAX_NAME_LEN && name.split('/').all(valid_component);
     if valid {
         Ok(())
     } else {
@@ -64,7 +63,9 @@ pub fn valid_tag(tag: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && word(bytes[0])
-        && bytes[1..].iter().all(|&b| word(b) || b == b'.' || b == b'-')
+        && bytes[1..]
+            .iter()
+            .all(|&b| word(b) || b == b'.' || b == b'-')
 }
 
 /// The hash algorithms a digest may name.
@@ -107,7 +108,9 @@ impl Digest {
             _ => return Err(RegistryError::unsupported_digest(text)),
         };
         let hex_ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok {
             return Err(invalid());
         }
@@ -204,10 +207,18 @@ mod tests {
 
     #[test]
     fn repository_grammar() {
-        for ok in ["pause", "library/nginx", "a/b-c/d__e", "k8s-staging.x/y", "a--b"] {
+        for ok in [
+            "pause",
+            "library/nginx",
+            "a/b-c/d__e",
+            "k8s-staging.x/y",
+            "a--b",
+        ] {
             assert!(validate_repository(ok).is_ok(), "{ok} should be valid");
         }
-        for bad in ["", "Pause", "a//b", "../etc", "a/.b", "a..b", "a___b", "-a", "a-", "/a", "a/"] {
+        for bad in [
+            "", "Pause", "a//b", "../etc", "a/.b", "a..b", "a___b", "-a", "a-", "/a", "a/",
+        ] {
             assert!(validate_repository(bad).is_err(), "{bad} should be invalid");
         }
         assert!(validate_repository(&"a".repeat(256)).is_err());

@@ -42,7 +42,8 @@ fn parse_params(text: &str) -> HashMap<String, String> {
     let mut chars = text.chars().peekable();
     loop {
         while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
         if key.is_empty() || chars.next() != Some('=') {
             return params;
         }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
@@ -110,32 +112,52 @@ impl Upstream {
         use base64::Engine as _;
         let credentials = self.config.credentials.as_ref()?;
         let pair = format!("{}:{}", credentials.username, credentials.password);
-        let mut value = HeaderValue::from_str(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()))).ok()?;
+        let mut value = HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+        ))
+        .ok()?;
         value.set_sensitive(true);
         Some(value)
     }
 
     /// Answers a 401's challenge: fetches a bearer token from the realm, or
     /// switches to Basic. `None` when there is nothing we can answer with.
-    async fn authorize(&self, response: &Response, scope: &str) -> Result<Option<HeaderValue>, RegistryError> {
+    async fn authorize(
+        &self,
+        response: &Response,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
         let challenge = response
             .headers()
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_challenge);
         let (realm, service, challenged_scope) = match challenge {
-            Some(Challenge::Bearer { realm, service, scope }) => (realm, service, scope),
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => (realm, service, scope),
             Some(Challenge::Basic) => {
-                self.wants_basic.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.wants_basic
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(self.basic_authorization());
             }
             None => return Ok(None),
         };
 
-        let mut realm = Url::parse(&realm)
-            .map_err(|_| RegistryError::bad_gateway(format!("{} sent an unusable token realm {realm:?}", self.name())))?;
+        let mut realm = Url::parse(&realm).map_err(|_| {
+            RegistryError::bad_gateway(format!(
+                "{} sent an unusable token realm {realm:?}",
+                self.name()
+            ))
+        })?;
         if !matches!(realm.scheme(), "http" | "https") {
-            return Err(RegistryError::bad_gateway(format!("{} sent a non-HTTP token realm", self.name())));
+            return Err(RegistryError::bad_gateway(format!(
+                "{} sent a non-HTTP token realm",
+                self.name()
+            )));
         }
         {
             let mut query = realm.query_pairs_mut();
@@ -170,11 +192,17 @@ impl Upstream {
             .ok()
             .and_then(|body| serde_json::from_slice::<TokenResponse>(&body).ok())
             .and_then(TokenResponse::into_token)
-            .ok_or_else(|| RegistryError::bad_gateway(format!("token service {} sent no token", host_of(&realm))))?;
+            .ok_or_else(|| {
+                RegistryError::bad_gateway(format!(
+                    "token service {} sent no token",
+                    host_of(&realm)
+                ))
+            })?;
 
         let (token, lifetime) = token;
-        let header = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| RegistryError::bad_gateway("token service sent a token that is not a header value"))?;
+        let header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            RegistryError::bad_gateway("token service sent a token that is not a header value")
+        })?;
         self.tokens.put(scope, token, lifetime);
         Ok(Some(header))
     }
@@ -183,7 +211,8 @@ impl Upstream {
     /// configuration names, nowhere else.
     fn may_receive_credentials(&self, realm: &Url) -> bool {
         let host = realm.host_str().unwrap_or_default();
-        same_origin(realm, &self.config.url) || self.config.credential_hosts.iter().any(|h| h == host)
+        same_origin(realm, &self.config.url)
+            || self.config.credential_hosts.iter().any(|h| h == host)
     }
 
     async fn send_with_retries(
@@ -195,9 +224,14 @@ impl Upstream {
     ) -> Result<Response, SendError> {
         let mut attempt = 0;
         loop {
-            let result = self.send_following_redirects(method, url, authorization, accept).await;
+            let result = self
+                .send_following_redirects(method, url, authorization, accept)
+                .await;
             let retryable = match &result {
-                Ok(response) => response.status().is_server_error() && response.status() != StatusCode::NOT_IMPLEMENTED,
+                Ok(response) => {
+                    response.status().is_server_error()
+                        && response.status() != StatusCode::NOT_IMPLEMENTED
+                }
                 Err(SendError::Connect(_)) => true,
                 Err(_) => false,
             };
@@ -224,33 +258,67 @@ impl Upstream {
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
             }
-            if let Some(authorization) = authorization.filter(|_| same_origin(&url, &self.config.url)) {
+            if let Some(authorization) =
+                authorization.filter(|_| same_origin(&url, &self.config.url))
+            {
                 request = request.header(AUTHORIZATION, authorization.clone());
             }
             let send = request.send();
             let response = match tokio::time::timeout(self.config.timeout, send).await {
-                Err(_) => return Err(SendError::Timeout(format!("no answer from {} within {:?}", host_of(&url), self.config.timeout))),
-                Ok(Err(e)) if e.is_connect() => return Err(SendError::Connect(format!("cannot connect to {}: {}", host_of(&url), root_cause(&e)))),
-                Ok(Err(e)) if e.is_timeout() => return Err(SendError::Timeout(format!("{} timed out: {}", host_of(&url), root_cause(&e)))),
-                Ok(Err(e)) => return Err(SendError::Other(format!("request to {} failed: {}", host_of(&url), root_cause(&e)))),
+                Err(_) => {
+                    return Err(SendError::Timeout(format!(
+                        "no answer from {} within {:?}",
+                        host_of(&url),
+                        self.config.timeout
+                    )));
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    return Err(SendError::Connect(format!(
+                        "cannot connect to {}: {}",
+                        host_of(&url),
+                        root_cause(&e)
+                    )));
+                }
+                Ok(Err(e)) if e.is_timeout() => {
+                    return Err(SendError::Timeout(format!(
+                        "{} timed out: {}",
+                        host_of(&url),
+                        root_cause(&e)
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(SendError::Other(format!(
+                        "request to {} failed: {}",
+                        host_of(&url),
+                        root_cause(&e)
+                    )));
+                }
                 Ok(Ok(response)) => response,
             };
-            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED {
+            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED
+            {
                 return Ok(response);
             }
             let location = response
                 .headers()
                 .get(LOCATION)
                 .and_then(|l| l.to_str().ok())
-                .ok_or_else(|| SendError::Other(format!("{} redirected without a Location", host_of(&url))))?;
-            url = url
-                .join(location)
-                .map_err(|_| SendError::Other(format!("{} redirected to an unusable Location", host_of(&url))))?;
+                .ok_or_else(|| {
+                    SendError::Other(format!("{} redirected without a Location", host_of(&url)))
+                })?;
+            url = url.join(location).map_err(|_| {
+                SendError::Other(format!(
+                    "{} redirected to an unusable Location",
+                    host_of(&url)
+                ))
+            })?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(SendError::Other("redirected to a non-HTTP URL".into()));
             }
         }
-        Err(SendError::Other(format!("more than {MAX_REDIRECTS} redirects")))
+        Err(SendError::Other(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
     }
 
     fn send_error(&self, error: SendError) -> RegistryError {
@@ -262,7 +330,11 @@ impl Upstream {
 
     /// Maps an upstream's final answer: success passes, the rest keeps its
     /// meaning (a 5xx never becomes a 404, nor a 404 a 500).
-    async fn check_status(&self, response: Response, not_found: ErrorCode) -> Result<Response, RegistryError> {
+    async fn check_status(
+        &self,
+        response: Response,
+        not_found: ErrorCode,
+    ) -> Result<Response, RegistryError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -277,14 +349,18 @@ impl Upstream {
 
         let error = match status {
             StatusCode::NOT_FOUND => RegistryError::not_found(
-                upstream_code.filter(|c| is_not_found_code(*c)).unwrap_or(not_found),
+                upstream_code
+                    .filter(|c| is_not_found_code(*c))
+                    .unwrap_or(not_found),
                 format!("{name} has no such {}", describe(not_found)),
             ),
             // Registries such as Docker Hub answer 401 for repositories that
             // do not exist; without further credentials it is the same to us.
             StatusCode::UNAUTHORIZED => RegistryError::not_found(
                 ErrorCode::NameUnknown,
-                format!("{name} refused access: the repository does not exist or needs credentials"),
+                format!(
+                    "{name} refused access: the repository does not exist or needs credentials"
+                ),
             ),
             StatusCode::FORBIDDEN => RegistryError::new(
                 Fault::Upstream,
@@ -331,7 +407,10 @@ async fn read_error_code(mut response: Response) -> Option<ErrorCode> {
 }
 
 fn is_not_found_code(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown)
+    matches!(
+        code,
+        ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown
+    )
 }
 
 fn describe(code: ErrorCode) -> &'static str {
@@ -343,7 +422,9 @@ fn describe(code: ErrorCode) -> &'static str {
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn host_of(url: &Url) -> String {
