@@ -1,9 +1,10 @@
 //! A scriptable in-process fake registry for fault injection: serves a TestImage correctly unless a path is told to misbehave, and records every request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -15,6 +16,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::images::TestImage;
+use super::token::TokenIssuer;
 
 /// What a path answers instead of its stored content.
 #[derive(Clone, Debug)]
@@ -40,6 +42,10 @@ pub enum Behaviour {
     /// This status if the request carries an `Authorization` header, like object
     /// stores behind signed URLs; otherwise serves normally.
     RejectAuthorization(u16),
+    /// The stored content with its full Content-Length, sent `chunk` bytes at a
+    /// time with a pause of `every` between chunks, so that a download is
+    /// still under way while a test acts.
+    Throttle { chunk: usize, every: Duration },
 }
 
 /// One request as received.
@@ -49,6 +55,39 @@ pub struct RecordedRequest {
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
+    /// The status answered; 0 while the answer is pending or if the client left first.
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    /// The token of an `Authorization: Bearer` header, if any.
+    pub fn bearer_token(&self) -> Option<&str> {
+        self.headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    }
+
+    /// Every `Accept` header line, in order.
+    pub fn accept_lines(&self) -> Vec<String> {
+        self.headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// What requests to `/v2/...` must carry; anything else gets 401 with a challenge.
+#[derive(Clone, Debug)]
+enum AuthMode {
+    /// Exactly this `Authorization` value (`Basic ...`).
+    Basic { expected: String },
+    /// A bearer token from the test [`TokenIssuer`] for `service` (its claims are
+    /// checked, not its signature), granting pull on the repository asked for,
+    /// unexpired and not revoked.
+    Bearer { realm: String, service: String },
 }
 
 #[derive(Clone)]
@@ -71,6 +110,10 @@ struct FaultState {
     content: Mutex<HashMap<String, Content>>,
     rules: Mutex<Vec<Rule>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// What a path serves instead when the request's `Accept` excludes its type.
+    fallbacks: Mutex<HashMap<String, Content>>,
+    auth: Mutex<Option<AuthMode>>,
+    revoked: Mutex<HashSet<String>>,
 }
 
 pub struct FaultUpstream {
@@ -216,8 +259,68 @@ impl FaultUpstream {
         storage.set(&storage_path, Behaviour::RejectAuthorization(403));
     }
 
+    /// Serves `bytes` at `path` instead of its stored content to requests whose
+    /// `Accept` names types but neither the stored one nor `*/*`, as registries do
+    /// for clients that do not take an index (they answer one platform's manifest).
+    pub fn put_fallback(&self, path: &str, content_type: &str, bytes: Bytes) {
+        let content = Content {
+            digest: super::digest_of(&bytes),
+            content_type: content_type.to_string(),
+            bytes,
+        };
+        self.state
+            .fallbacks
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), content);
+    }
+
+    /// From now on every request to `/v2/...` needs `Authorization: Basic` with these
+    /// credentials; without them it gets 401 with `WWW-Authenticate: Basic realm="fault"`.
+    /// Other paths (the `/other/` hop of [`FaultUpstream::redirect_blob_via`]) stay open.
+    pub fn require_basic(&self, user: &str, pass: &str) {
+        *self.state.auth.lock().unwrap() = Some(AuthMode::Basic {
+            expected: super::basic_auth_header(user, pass),
+        });
+    }
+
+    /// From now on every request to `/v2/...` needs a bearer token from the test
+    /// issuer whose realm is `realm`: issued for `service`, unexpired, not revoked by
+    /// [`FaultUpstream::expire_tokens`], and granting pull on the repository in the path.
+    /// Otherwise 401 with `WWW-Authenticate: Bearer realm=..,service=..,scope=..`.
+    pub fn require_bearer(&self, realm: &str, service: &str) {
+        *self.state.auth.lock().unwrap() = Some(AuthMode::Bearer {
+            realm: realm.to_string(),
+            service: service.to_string(),
+        });
+    }
+
+    /// Every bearer token seen so far is refused from now on, as if it had expired.
+    /// Returns them.
+    pub fn expire_tokens(&self) -> HashSet<String> {
+        let seen: HashSet<String> = self
+            .requests()
+            .iter()
+            .filter_map(|r| r.bearer_token().map(str::to_string))
+            .collect();
+        self.state
+            .revoked
+            .lock()
+            .unwrap()
+            .extend(seen.iter().cloned());
+        seen
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Requests with exactly this method and exactly this path.
+    pub fn count_path(&self, method: &str, path: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == method && r.path == path)
+            .count()
     }
 
     /// Requests with exactly this method whose path contains `path_contains`.
@@ -257,18 +360,42 @@ async fn handle(State(state): State<Arc<FaultState>>, req: Request) -> Response 
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
-    state.requests.lock().unwrap().push(RecordedRequest {
-        method: method.to_string(),
-        path: path.clone(),
-        query: req.uri().query().map(str::to_string),
-        headers: headers.clone(),
-    });
+    let index = {
+        let mut requests = state.requests.lock().unwrap();
+        requests.push(RecordedRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            query: req.uri().query().map(str::to_string),
+            headers: headers.clone(),
+            status: 0,
+        });
+        requests.len() - 1
+    };
+    let response = respond(&state, &method, &path, &headers).await;
+    state.requests.lock().unwrap()[index].status = response.status().as_u16();
+    response
+}
+
+async fn respond(state: &FaultState, method: &Method, path: &str, headers: &HeaderMap) -> Response {
+    let (method, path) = (method.clone(), path.to_string());
+    let auth = state.auth.lock().unwrap().clone();
+    if let Some(auth) = &auth {
+        if (path == "/v2" || path.starts_with("/v2/")) && !authorized(state, auth, &path, headers) {
+            return unauthorized(auth, &path);
+        }
+    }
     if path == "/v2/" || path == "/v2" {
         return reply(200, "application/json", "{}".into());
     }
     let head = method == Method::HEAD;
-    let content = state.content.lock().unwrap().get(&path).cloned();
-    let mut behaviour = take_behaviour(&state, &method, &path);
+    let mut content = state.content.lock().unwrap().get(&path).cloned();
+    let fallback = state.fallbacks.lock().unwrap().get(&path).cloned();
+    if let (Some(c), Some(fallback)) = (&content, fallback) {
+        if !accepts(headers, &c.content_type) {
+            content = Some(fallback);
+        }
+    }
+    let mut behaviour = take_behaviour(state, &method, &path);
     if let Behaviour::SlowFirstByte(delay) = behaviour {
         tokio::time::sleep(delay).await;
         behaviour = Behaviour::Normal;
@@ -289,6 +416,11 @@ async fn handle(State(state): State<Arc<FaultState>>, req: Request) -> Response 
         _ => (0, "", ""),
     };
     if status != 0 {
+        if status == 401 {
+            if let Some(auth) = &auth {
+                return unauthorized(auth, &path);
+            }
+        }
         let mut response = reply(status, content_type, body.to_string());
         let extra = match behaviour {
             Behaviour::TooManyRequests => Some((header::RETRY_AFTER, "7".to_string())),
@@ -327,10 +459,135 @@ async fn handle(State(state): State<Arc<FaultState>>, req: Request) -> Response 
                 *b ^= 0xff;
             }
             c.bytes = Bytes::from(altered);
-            serve(&c, &headers, head)
+            serve(&c, headers, head)
         }
-        _ => serve(&c, &headers, head),
+        Behaviour::Throttle { chunk, every } => {
+            let len = c.bytes.len();
+            let body = if head {
+                Body::empty()
+            } else {
+                let bytes = c.bytes.clone();
+                let chunk = chunk.max(1);
+                let chunks = futures_util::stream::unfold(0usize, move |pos| {
+                    let bytes = bytes.clone();
+                    async move {
+                        if pos >= bytes.len() {
+                            return None;
+                        }
+                        if pos > 0 {
+                            tokio::time::sleep(every).await;
+                        }
+                        let end = (pos + chunk).min(bytes.len());
+                        Some((Ok::<_, std::io::Error>(bytes.slice(pos..end)), end))
+                    }
+                });
+                Body::from_stream(chunks)
+            };
+            content_headers(&c, len).body(body).unwrap()
+        }
+        _ => serve(&c, headers, head),
     }
+}
+
+/// Whether the request's `Accept` (several lines or comma-joined) takes `media_type`;
+/// no `Accept` at all takes anything.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let types: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    types.is_empty() || types.iter().any(|t| t == "*/*" || t == media_type)
+}
+
+/// The repository named by a `/v2/<name>/<endpoint>` path, as a registry parses it.
+fn repository_of(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.strip_prefix("/v2/")?.split('/').collect();
+    let n = segments.len();
+    let end = match segments.as_slice() {
+        [.., "tags", "list"] if n > 2 => n - 2,
+        [.., "manifests" | "blobs" | "referrers", _] if n > 2 => n - 2,
+        _ => return None,
+    };
+    Some(segments[..end].join("/"))
+}
+
+fn authorized(state: &FaultState, auth: &AuthMode, path: &str, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth {
+        AuthMode::Basic { expected } => given == Some(expected.as_str()),
+        AuthMode::Bearer { service, .. } => {
+            let Some(token) = given.and_then(|g| g.strip_prefix("Bearer ")) else {
+                return false;
+            };
+            !state.revoked.lock().unwrap().contains(token)
+                && token_grants_pull(token, service, repository_of(path).as_deref())
+        }
+    }
+}
+
+/// Reads the claims of a JWT from the test issuer (the signature is the registry's
+/// business; here the claims decide): issuer, audience, expiry, and pull access.
+fn token_grants_pull(token: &str, service: &str, repository: Option<&str>) -> bool {
+    use base64::Engine as _;
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return false;
+    };
+    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&json) else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let grants = |name: &str| {
+        claims["access"].as_array().is_some_and(|access| {
+            access.iter().any(|a| {
+                a["type"] == "repository"
+                    && a["name"] == name
+                    && a["actions"]
+                        .as_array()
+                        .is_some_and(|actions| actions.iter().any(|x| x == "pull"))
+            })
+        })
+    };
+    claims["iss"] == TokenIssuer::ISSUER
+        && claims["aud"] == service
+        && claims["exp"].as_u64().is_some_and(|exp| exp > now)
+        && repository.is_none_or(grants)
+}
+
+fn unauthorized(auth: &AuthMode, path: &str) -> Response {
+    let challenge = match auth {
+        AuthMode::Basic { .. } => r#"Basic realm="fault""#.to_string(),
+        AuthMode::Bearer { realm, service } => {
+            let mut challenge = format!(r#"Bearer realm="{realm}",service="{service}""#);
+            if let Some(repository) = repository_of(path) {
+                challenge.push_str(&format!(r#",scope="repository:{repository}:pull""#));
+            }
+            challenge
+        }
+    };
+    let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+    let mut response = reply(401, "application/json", body.into());
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+    response
 }
 
 const HTML: &str = "<!DOCTYPE html><html><body><h1>Please log in to the network</h1></body></html>";
@@ -402,4 +659,77 @@ fn not_found(path: &str) -> Response {
     };
     let body = format!(r#"{{"errors":[{{"code":"{code}","message":"{path} not found"}}]}}"#);
     reply(404, "application/json", body)
+}
+
+/// The config table that points lank8s's default upstream (`registry.k8s.io`) at
+/// `url`, with `timeout = "2s"` and `retries = 1` unless `keys` (TOML lines for the
+/// same table, e.g. `tag_ttl = "1s"`) sets them.
+pub fn upstream_table(url: &str, keys: &str) -> String {
+    let sets = |key: &str| {
+        keys.lines()
+            .any(|l| l.split('=').next().map(str::trim) == Some(key))
+    };
+    let mut table = format!("[upstreams.\"registry.k8s.io\"]\nurl = \"{url}\"\n");
+    if !sets("timeout") {
+        table.push_str("timeout = \"2s\"\n");
+    }
+    if !sets("retries") {
+        table.push_str("retries = 1\n");
+    }
+    table.push_str(keys);
+    table.push('\n');
+    table
+}
+
+/// Every file (not directory) below `dir`, recursively; empty when `dir` is missing.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// An error answer as a client sees it: status, headers, and the OCI error code
+/// of a `{"errors":[{"code":..}]}` body (`None` when the body is not that).
+#[derive(Debug)]
+pub struct ErrorAnswer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub content_type: String,
+    pub code: Option<String>,
+    pub body: String,
+}
+
+pub async fn error_answer(response: reqwest::Response) -> ErrorAnswer {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = response.text().await.unwrap_or_default();
+    let code = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_string));
+    ErrorAnswer {
+        status,
+        headers,
+        content_type,
+        code,
+        body,
+    }
 }
