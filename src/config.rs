@@ -183,7 +183,17 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        // The path to a bad value (`upstreams."gcr.io".tag_ttl`) is what the
+        // reader needs; the TOML error adds the line and column.
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let why = e.into_inner().to_string();
+                match key.as_str() {
+                    "." | "" => ConfigError(why),
+                    _ => ConfigError(format!("{key}: {why}")),
+                }
+            })?;
         Config::from_raw(raw)
     }
 
@@ -441,7 +451,10 @@ mod tests {
                 "[upstreams.\"gcr.io\"]\nurl = \"ftp://x\"",
                 "upstreams.\"gcr.io\".url",
             ),
-            ("[upstreams.\"gcr.io\"]\ntag_ttl = \"soon\"", "tag_ttl"),
+            (
+                "[upstreams.\"gcr.io\"]\ntag_ttl = \"soon\"",
+                "upstreams.gcr.io.tag_ttl",
+            ),
             (
                 "[upstreams.\"gcr.io\"]\nusername = \"u\"",
                 "upstreams.\"gcr.io\".username",

@@ -1,6 +1,7 @@
 //! The HTTP face of lank8s: the server and its middleware, and the /v2
 //! registry API on top of the core.
 
+pub mod listing;
 pub mod range;
 pub mod registry;
 pub mod server;

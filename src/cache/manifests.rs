@@ -137,26 +137,16 @@ impl ManifestCache {
         };
 
         let Some((record, manifest)) = cached else {
-            return self.fetch_tag(upstream, repository, tag, &key).await;
+            let fetched = self.fetch_tag(upstream, repository, tag, &key).await?;
+            return self
+                .negotiate(upstream, repository, tag, accept, fetched)
+                .await;
         };
-
-        // The client will not take what the tag holds: ask upstream with the
-        // client's own Accept, which may pick another form (one platform
-        // instead of the index), and do not let that answer replace the tag.
-        if !accept.allows(&manifest.media_type) {
-            let wanted = accept
-                .header_value()
-                .unwrap_or_else(|| ALL_MANIFESTS.to_owned());
-            return match fetch(upstream, repository, tag, &wanted, None).await {
-                Ok(other) => Ok(resolved(self.keep(other).await, CacheResult::Pass)),
-                Err(err) if err.allows_stale() => Ok(stale(manifest, upstream, &err)),
-                Err(err) => Err(err),
-            };
-        }
 
         let age = now_secs().saturating_sub(record.checked_at);
         if Duration::from_secs(age) < upstream.config().tag_ttl {
-            return Ok(resolved(manifest, CacheResult::Hit));
+            let hit = resolved(manifest, CacheResult::Hit);
+            return self.negotiate(upstream, repository, tag, accept, hit).await;
         }
 
         // Expired: a HEAD costs upstream far less than a GET, and usually
@@ -170,7 +160,7 @@ impl ManifestCache {
                 ErrorCode::ManifestUnknown,
             )
             .await;
-        match head {
+        let answer = match head {
             Ok(response) => {
                 let same = response
                     .headers()
@@ -179,18 +169,47 @@ impl ManifestCache {
                     .is_some_and(|d| d == manifest.digest.to_string());
                 if same {
                     self.remember_tag(&key, &manifest).await;
-                    Ok(resolved(manifest, CacheResult::Revalidated))
+                    resolved(manifest, CacheResult::Revalidated)
                 } else {
-                    self.fetch_tag(upstream, repository, tag, &key).await
+                    self.fetch_tag(upstream, repository, tag, &key).await?
                 }
             }
-            Err(err) if err.allows_stale() => Ok(stale(manifest, upstream, &err)),
+            Err(err) if err.allows_stale() => stale(manifest, upstream, &err),
             Err(err) => {
                 if err.code == ErrorCode::ManifestUnknown || err.code == ErrorCode::NameUnknown {
                     self.forget_tag(&key).await;
                 }
-                Err(err)
+                return Err(err);
             }
+        };
+        self.negotiate(upstream, repository, tag, accept, answer)
+            .await
+    }
+
+    /// Checks a tag's answer against the client's `Accept`. When the client
+    /// will not take what the tag holds, upstream is asked again with the
+    /// client's own `Accept`, which may pick another form (one platform
+    /// instead of the index); that answer does not replace the tag.
+    async fn negotiate(
+        &self,
+        upstream: &Upstream,
+        repository: &str,
+        tag: &str,
+        accept: &Accept,
+        answer: Resolved,
+    ) -> Result<Resolved, RegistryError> {
+        if accept.allows(&answer.manifest.media_type) {
+            return Ok(answer);
+        }
+        let wanted = accept
+            .header_value()
+            .unwrap_or_else(|| ALL_MANIFESTS.to_owned());
+        match fetch(upstream, repository, tag, &wanted, None).await {
+            Ok(other) => Ok(resolved(self.keep(other).await, CacheResult::Pass)),
+            // Never a 404 because of Accept: with upstream failing, what the
+            // tag holds is the best answer there is.
+            Err(err) if err.allows_stale() => Ok(stale(answer.manifest, upstream, &err)),
+            Err(err) => Err(err),
         }
     }
 

@@ -6,26 +6,21 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, LINK, RANGE, RETRY_AFTER,
-    WARNING,
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, RANGE, RETRY_AFTER, WARNING,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use reqwest::Method as UpstreamMethod;
 
+use super::listing;
 use super::range::{self, RangeAnswer};
 use super::server::LogContext;
-use crate::cache::CacheResult;
 use crate::cache::fill::{Source, read_range};
 use crate::mirror::Mirror;
-use crate::oci::error::{ErrorCode, Fault, RegistryError};
-use crate::oci::media::{Accept, OCI_INDEX};
+use crate::oci::error::RegistryError;
+use crate::oci::media::Accept;
 use crate::oci::reference::{Digest, Reference};
 use crate::routing::{Endpoint, Route, parse_path};
 use crate::upstream::Upstream;
-
-/// The largest tag list or referrers index passed through.
-const MAX_LISTING_BYTES: usize = 16 << 20;
 
 /// `GET /v2/`: the API version check. A free mirror never challenges.
 pub async fn base(method: Method) -> Response {
@@ -119,10 +114,10 @@ async fn answer(
             )
             .await
         }
-        Endpoint::TagsList => tags_list(upstream, &route, &name, query, log).await,
+        Endpoint::TagsList => listing::tags_list(upstream, &route, &name, query, log).await,
         Endpoint::Referrers(digest) => {
             log.reference = Some(digest.clone());
-            referrers(upstream, &route, &Digest::parse(&digest)?, query, log).await
+            listing::referrers(upstream, &route, &Digest::parse(&digest)?, query, log).await
         }
         Endpoint::Catalog | Endpoint::BlobUpload => unreachable!("answered above"),
     }
@@ -252,158 +247,13 @@ fn blob_response(status: StatusCode, digest: &Digest, length: Option<u64>, body:
     response
 }
 
-/// Tag lists are passed through, not cached: they change and are rarely
-/// asked for. Paging keys are rebuilt rather than forwarded raw, and the
-/// next-page link is rewritten to the path this client used.
-async fn tags_list(
-    upstream: &Upstream,
-    route: &Route,
-    client_name: &str,
-    query: &str,
-    log: &mut LogContext,
-) -> Result<Response, RegistryError> {
-    log.cache = Some(CacheResult::Pass);
-    let forwarded = {
-        let mut forwarded = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(n) = query_param(query, "n") {
-            let n: u32 = n.parse().map_err(|_| {
-                RegistryError::new(
-                    Fault::Client,
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::Unsupported,
-                    "n must be a number",
-                )
-            })?;
-            forwarded.append_pair("n", &n.to_string());
-        }
-        if let Some(last) = query_param(query, "last") {
-            forwarded.append_pair("last", &last);
-        }
-        forwarded.finish()
-    };
-    let tail = if forwarded.is_empty() {
-        "tags/list".to_owned()
-    } else {
-        format!("tags/list?{forwarded}")
-    };
-
-    let upstream_response = upstream
-        .fetch(
-            UpstreamMethod::GET,
-            &route.repository,
-            &tail,
-            None,
-            ErrorCode::NameUnknown,
-        )
-        .await?;
-    let link = upstream_response
-        .headers()
-        .get(LINK)
-        .and_then(|l| l.to_str().ok())
-        .and_then(|l| next_link(l, client_name, query_param(query, "ns").as_deref()));
-    let body = read_limited(upstream_response, upstream.name()).await?;
-
-    let mut response = Response::new(Body::from(body));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(link) = link {
-        response.headers_mut().insert(LINK, header_value(&link)?);
-    }
-    Ok(response)
-}
-
-/// Rebuilds an upstream `Link: </v2/<repo>/tags/list?last=x&n=y>; rel="next"`
-/// for this client's own path, keeping only the paging keys.
-fn next_link(upstream_link: &str, client_name: &str, ns: Option<&str>) -> Option<String> {
-    let target = upstream_link.split_once('<')?.1.split_once('>')?.0;
-    let upstream_query = target.split_once('?')?.1;
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    for (key, value) in url::form_urlencoded::parse(upstream_query.as_bytes()) {
-        if key == "n" || key == "last" {
-            query.append_pair(&key, &value);
-        }
-    }
-    if let Some(ns) = ns {
-        query.append_pair("ns", ns);
-    }
-    Some(format!(
-        "</v2/{client_name}/tags/list?{}>; rel=\"next\"",
-        query.finish()
-    ))
-}
-
-async fn referrers(
-    upstream: &Upstream,
-    route: &Route,
-    digest: &Digest,
-    query: &str,
-    log: &mut LogContext,
-) -> Result<Response, RegistryError> {
-    log.cache = Some(CacheResult::Pass);
-    let tail = match query_param(query, "artifactType") {
-        Some(artifact_type) => {
-            let query = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("artifactType", &artifact_type)
-                .finish();
-            format!("referrers/{digest}?{query}")
-        }
-        None => format!("referrers/{digest}"),
-    };
-    let upstream_response = upstream
-        .fetch(
-            UpstreamMethod::GET,
-            &route.repository,
-            &tail,
-            Some(OCI_INDEX),
-            ErrorCode::ManifestUnknown,
-        )
-        .await?;
-    let filtered = upstream_response
-        .headers()
-        .get("oci-filters-applied")
-        .cloned();
-    let body = read_limited(upstream_response, upstream.name()).await?;
-
-    let mut response = Response::new(Body::from(body));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
-    if let Some(filtered) = filtered {
-        response
-            .headers_mut()
-            .insert("oci-filters-applied", filtered);
-    }
-    Ok(response)
-}
-
-async fn read_limited(
-    mut response: reqwest::Response,
-    name: &str,
-) -> Result<Vec<u8>, RegistryError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| RegistryError::bad_gateway(format!("reading from {name} failed: {e}")))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_LISTING_BYTES {
-            return Err(RegistryError::bad_gateway(format!(
-                "{name} sent a listing over {MAX_LISTING_BYTES} bytes"
-            )));
-        }
-    }
-    Ok(body)
-}
-
-fn query_param(query: &str, key: &str) -> Option<String> {
+pub(super) fn query_param(query: &str, key: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
 }
 
-fn header_value(text: &str) -> Result<HeaderValue, RegistryError> {
+pub(super) fn header_value(text: &str) -> Result<HeaderValue, RegistryError> {
     HeaderValue::from_str(text)
         .map_err(|_| RegistryError::bad_gateway("upstream sent a value that cannot be a header"))
 }
@@ -422,23 +272,4 @@ pub fn error_response(err: &RegistryError) -> Response {
     }
     response.extensions_mut().insert(err.clone());
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_link_is_rewritten_for_the_client_path() {
-        let link = next_link(
-            "</v2/library/nginx/tags/list?last=1.25&n=2&evil=x>; rel=\"next\"",
-            "docker.io/nginx",
-            Some("docker.io"),
-        );
-        assert_eq!(
-            link.as_deref(),
-            Some("</v2/docker.io/nginx/tags/list?last=1.25&n=2&ns=docker.io>; rel=\"next\"")
-        );
-        assert_eq!(next_link("garbage", "x", None), None);
-    }
 }

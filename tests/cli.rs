@@ -1,0 +1,266 @@
+//! The command line as a user meets it: help texts, `config check` on good and bad files, and `serve` with no configuration at all.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs lank8s with `args` in `cwd`, killing it (by its own handle) if it
+/// has not exited within ten seconds.
+fn lank8s(args: &[&str], cwd: &Path) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lank8s"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("LANK8S_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn lank8s");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for lank8s") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lank8s {args:?} was still running after 10s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut run = Run {
+        code: status.code(),
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    let _ = child.stdout.take().unwrap().read_to_string(&mut run.stdout);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut run.stderr);
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn help_explains_every_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--help"], &["pull-through mirror", "serve", "config"]),
+        (
+            &["serve", "--help"],
+            &["Run the mirror", "--config", "--listen", "--data-dir"],
+        ),
+        (&["config", "--help"], &["configuration files", "check"]),
+        (
+            &["config", "check", "--help"],
+            &["Validate a file and print the effective routes"],
+        ),
+    ];
+    for (args, phrases) in cases {
+        let run = lank8s(args, dir.path());
+        assert_eq!(run.code, Some(0), "{args:?}: {}", run.stderr);
+        for phrase in phrases {
+            assert!(
+                run.stdout.contains(phrase),
+                "{args:?} lacks {phrase:?}:\n{}",
+                run.stdout
+            );
+        }
+    }
+}
+
+/// `left -> right` lines keyed by the first name on the left.
+fn routes(stdout: &str) -> HashMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|line| line.split_once(" -> "))
+        .map(|(left, right)| {
+            let name = left.trim().split(", ").next().unwrap_or_default();
+            let target = right.split_whitespace().next().unwrap_or_default();
+            (name.to_owned(), target.trim_end_matches('/').to_owned())
+        })
+        .collect()
+}
+
+const BUILTINS: [(&str, &str); 7] = [
+    ("registry.k8s.io", "https://registry.k8s.io"),
+    ("k8s.gcr.io", "https://registry.k8s.io"),
+    ("gcr.io", "https://gcr.io"),
+    (
+        "us-central1-docker.pkg.dev",
+        "https://us-central1-docker.pkg.dev",
+    ),
+    ("docker.io", "https://registry-1.docker.io"),
+    ("quay.io", "https://quay.io"),
+    ("ghcr.io", "https://ghcr.io"),
+];
+
+fn check_file(dir: &Path, text: &str) -> Run {
+    let file = dir.join("lank8s.toml");
+    std::fs::write(&file, text).expect("write config");
+    lank8s(&["config", "check", file.to_str().unwrap()], dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_prints_the_effective_routes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = check_file(dir.path(), "");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let want: HashMap<String, String> = BUILTINS
+        .iter()
+        .map(|(name, url)| (name.to_string(), url.to_string()))
+        .collect();
+    assert_eq!(routes(&run.stdout), want, "{}", run.stdout);
+
+    let text = "domain = \"mirror.example\"\n\
+                [upstreams.\"registry.k8s.io\"]\nurl = \"http://127.0.0.1:5999\"\n\
+                [upstreams.\"registry.internal\"]\nurl = \"https://registry.internal\"\n";
+    let run = check_file(dir.path(), text);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut want = want;
+    want.insert("registry.k8s.io".into(), "http://127.0.0.1:5999".into());
+    want.insert(
+        "registry.internal".into(),
+        "https://registry.internal".into(),
+    );
+    for (host, upstream) in [
+        ("mirror.example", "registry.k8s.io"),
+        ("registry.mirror.example", "registry.k8s.io"),
+        ("gcr.mirror.example", "gcr.io"),
+        ("k8s.mirror.example", "k8s.gcr.io"),
+        ("docker.mirror.example", "docker.io"),
+        (
+            "us-central1-docker.pkgdev.mirror.example",
+            "us-central1-docker.pkg.dev",
+        ),
+    ] {
+        want.insert(host.into(), upstream.into());
+    }
+    assert_eq!(routes(&run.stdout), want, "{}", run.stdout);
+}
+
+/// Invalid files and the key each message must name.
+const BAD: [(&str, &str); 7] = [
+    ("lissten = \"127.0.0.1:5000\"\n", "lissten"),
+    ("listen = \"nowhere\"\n", "listen"),
+    (
+        "[upstreams.\"x.io\"]\nretries = 1\n",
+        "upstreams.\"x.io\".url",
+    ),
+    ("[upstreams.\"gcr.io\"]\ntag_ttl = \"soon\"\n", "tag_ttl"),
+    ("[log]\nformat = \"xml\"\n", "log.format"),
+    ("default_upstream = \"nope.io\"\n", "default_upstream"),
+    ("data_dir = \"unterminated\n", "data_dir"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_files_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("lank8s.toml");
+    let file_arg = file.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    for (text, key) in BAD {
+        let run = check_file(dir.path(), text);
+        assert_eq!(run.code, Some(2), "check {text:?}: {}", run.stderr);
+        assert!(run.stderr.contains(key), "check {text:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(file_arg),
+            "check {text:?}: {}",
+            run.stderr
+        );
+        // Were the file wrongly accepted, serve would stay on loopback and be killed.
+        let args = ["serve", "--config", file_arg, "--listen", &listen];
+        let run = lank8s(&args, dir.path());
+        assert_eq!(run.code, Some(2), "serve {text:?}: {}", run.stderr);
+        assert!(run.stderr.contains(key), "serve {text:?}: {}", run.stderr);
+    }
+    let missing = dir.path().join("absent.toml");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec!["config", "check", missing],
+        vec!["serve", "--config", missing, "--listen", &listen],
+    ] {
+        let run = lank8s(&args, dir.path());
+        assert!(
+            run.code.is_some_and(|c| c != 0),
+            "{args:?} exited {:?}",
+            run.code
+        );
+        assert!(run.stderr.contains(missing), "{args:?}: {}", run.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_without_a_config_is_a_working_mirror() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log_path = logs.path().join("lank8s.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lank8s"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = Some(cmd.spawn().expect("spawn lank8s serve"));
+    let url = format!("http://127.0.0.1:{port}/v2/");
+    let ready = eventually(Duration::from_secs(10), || {
+        let exited = child.as_mut().unwrap().try_wait().ok().flatten();
+        let url = url.clone();
+        async move {
+            if let Some(status) = exited {
+                return Some(Err(format!("exited with {status}")));
+            }
+            let response = http_client().get(&url).send().await.ok()?;
+            let status = response.status().as_u16();
+            let version = response
+                .headers()
+                .get("docker-distribution-api-version")
+                .cloned();
+            Some(Ok((status, version, response.bytes().await.ok()?)))
+        }
+    })
+    .await;
+    let data_dir = cwd.path().join("lank8s-data");
+    let data_dir_exists = data_dir.is_dir();
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let (status, version, body) = match ready {
+        Some(Ok(answer)) => answer,
+        Some(Err(e)) => panic!("lank8s serve {e}:\n{log}"),
+        None => panic!("lank8s serve never answered {url}:\n{log}"),
+    };
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(
+        version.as_ref().map(|v| v.as_bytes()),
+        Some(&b"registry/2.0"[..])
+    );
+    assert_eq!(&body[..], b"{}");
+    assert!(
+        data_dir_exists,
+        "{} was not created:\n{log}",
+        data_dir.display()
+    );
+}
