@@ -23,6 +23,9 @@ enum Command {
     /// Run the mirror. With no configuration it listens on 0.0.0.0:5000,
     /// caches in ./lank8s-data and mirrors the default upstreams.
     Serve(ServeArgs),
+    /// Print (or write) the configuration each client needs to pull
+    /// through this mirror: containerd, CRI-O/Podman, Docker, k3s, kubeadm, kind.
+    Hosts(HostsArgs),
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -46,6 +49,19 @@ struct ServeArgs {
     log_format: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct HostsArgs {
+    /// The address clients reach lank8s at, e.g. https://mirror.example.com.
+    #[arg(long)]
+    mirror: String,
+    /// The lank8s configuration whose upstreams to cover (default: built-in).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Write the files under this directory instead of printing them.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a file and print the effective routes. Exits 2 if invalid.
@@ -62,10 +78,53 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Hosts(args) => hosts(args),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => check(&file),
     }
+}
+
+fn hosts(args: HostsArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("lank8s: invalid configuration: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let mirror = match crate::hosts::MirrorAddress::parse(&args.mirror) {
+        Ok(mirror) => mirror,
+        Err(err) => {
+            eprintln!("lank8s: --mirror: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let files = crate::hosts::generate(&config, &mirror);
+
+    let Some(out) = args.out else {
+        for file in &files {
+            println!("# ==> {} <==\n{}", file.path.display(), file.contents);
+        }
+        return ExitCode::SUCCESS;
+    };
+    for file in &files {
+        let path = out.join(&file.path);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&path, &file.contents));
+        if let Err(err) = written {
+            eprintln!("lank8s: cannot write {}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("wrote {} files under {}", files.len(), out.display());
+    ExitCode::SUCCESS
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -30,6 +30,15 @@ const BUILTIN_UPSTREAMS: &[(&str, &str, &[&str], bool)] = &[
     ("ghcr.io", "https://ghcr.io", &[], false),
 ];
 
+/// Repositories answered from another repository of the same upstream when
+/// upstream has no such name. kubeadm asks a custom image repository for a
+/// flat `coredns`, while registry.k8s.io keeps new CoreDNS releases only
+/// under `coredns/coredns`.
+const BUILTIN_ALIASES: &[(&str, &str, &str)] = &[
+    ("registry.k8s.io", "coredns", "coredns/coredns"),
+    ("k8s.gcr.io", "coredns", "coredns/coredns"),
+];
+
 /// Subdomains of `domain` and the upstream each serves; `@` is the apex.
 const BUILTIN_HOSTS: &[(&str, &str)] = &[
     ("@", "registry.k8s.io"),
@@ -102,6 +111,10 @@ pub struct UpstreamConfig {
     /// Token realm hosts (besides the upstream's own) allowed to receive
     /// the credentials.
     pub credential_hosts: Vec<String>,
+    /// Repository → repositories tried in order when upstream answers 404.
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// Tag TTL for signature and attestation tags (`sha256-<hex>.sig` …).
+    pub signature_tag_ttl: Duration,
 }
 
 #[derive(Clone)]
@@ -168,6 +181,9 @@ struct RawUpstream {
     username: Option<String>,
     password: Option<String>,
     credential_hosts: Option<Vec<String>>,
+    aliases: Option<BTreeMap<String, Vec<String>>>,
+    #[serde(default, with = "humantime_serde")]
+    signature_tag_ttl: Option<Duration>,
 }
 
 impl Config {
@@ -363,6 +379,30 @@ fn resolve_upstream(
     });
     let names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
 
+    let aliases = match raw.aliases {
+        Some(aliases) => aliases,
+        None => {
+            let mut builtin: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (_, from, to) in BUILTIN_ALIASES.iter().filter(|(u, _, _)| *u == name) {
+                builtin
+                    .entry(from.to_string())
+                    .or_default()
+                    .push(to.to_string());
+            }
+            builtin
+        }
+    };
+    for (from, targets) in &aliases {
+        for repository in std::iter::once(from).chain(targets) {
+            if crate::oci::reference::validate_repository(repository).is_err() {
+                return Err(invalid(
+                    &key("aliases"),
+                    format!("{repository:?} is not a repository name"),
+                ));
+            }
+        }
+    }
+
     let tag_ttl = raw.tag_ttl.unwrap_or(Duration::from_secs(300));
     let connect_timeout = raw.connect_timeout.unwrap_or(Duration::from_secs(5));
     let timeout = raw.timeout.unwrap_or(Duration::from_secs(30));
@@ -385,6 +425,8 @@ fn resolve_upstream(
         retries: raw.retries.unwrap_or(2).min(10),
         credentials,
         credential_hosts: raw.credential_hosts.unwrap_or_default(),
+        aliases,
+        signature_tag_ttl: raw.signature_tag_ttl.unwrap_or(Duration::from_secs(60)),
     })
 }
 
@@ -423,6 +465,24 @@ mod tests {
         assert!(config.upstreams["docker.io"].library_prefix);
         assert_eq!(config.hosts["@"], "registry.k8s.io");
         assert_eq!(config.hosts["gcr"], "gcr.io");
+        assert_eq!(
+            config.upstreams["registry.k8s.io"].aliases["coredns"],
+            ["coredns/coredns"]
+        );
+        assert!(config.upstreams["gcr.io"].aliases.is_empty());
+    }
+
+    #[test]
+    fn aliases_can_be_replaced_and_are_checked() {
+        let config = Config::parse(
+            "[upstreams.\"registry.k8s.io\".aliases]\nkube-dns = [\"dns/kube-dns\", \"k8s-dns/kube-dns\"]\n",
+        )
+        .unwrap();
+        let aliases = &config.upstreams["registry.k8s.io"].aliases;
+        assert_eq!(aliases["kube-dns"], ["dns/kube-dns", "k8s-dns/kube-dns"]);
+        assert!(!aliases.contains_key("coredns"));
+        let err = Config::parse("[upstreams.\"gcr.io\".aliases]\nx = [\"../y\"]\n").unwrap_err();
+        assert!(err.to_string().contains("upstreams.\"gcr.io\".aliases"));
     }
 
     #[test]

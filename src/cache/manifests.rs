@@ -144,7 +144,7 @@ impl ManifestCache {
         };
 
         let age = now_secs().saturating_sub(record.checked_at);
-        if Duration::from_secs(age) < upstream.config().tag_ttl {
+        if Duration::from_secs(age) < tag_ttl(upstream, tag) {
             let hit = resolved(manifest, CacheResult::Hit);
             return self.negotiate(upstream, repository, tag, accept, hit).await;
         }
@@ -323,6 +323,28 @@ fn stale(manifest: Arc<Manifest>, upstream: &Upstream, err: &RegistryError) -> R
     }
 }
 
+/// Signature and attestation tags (`sha256-<hex>`, `.sig`, `.att`,
+/// `.sbom`) are rewritten whenever an image is signed again, so they are
+/// trusted for a shorter time than ordinary tags.
+fn tag_ttl(upstream: &Upstream, tag: &str) -> Duration {
+    let config = upstream.config();
+    if is_signature_tag(tag) {
+        config.signature_tag_ttl.min(config.tag_ttl)
+    } else {
+        config.tag_ttl
+    }
+}
+
+fn is_signature_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else {
+        return false;
+    };
+    let (hex, suffix) = rest.split_at(rest.len().min(64));
+    hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -417,4 +439,30 @@ async fn fetch(
         media_type,
         bytes: Bytes::from(body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_tags_are_recognised() {
+        let hex = "a".repeat(64);
+        for tag in [
+            format!("sha256-{hex}"),
+            format!("sha256-{hex}.sig"),
+            format!("sha256-{hex}.att"),
+            format!("sha256-{hex}.sbom"),
+        ] {
+            assert!(is_signature_tag(&tag), "{tag}");
+        }
+        for tag in [
+            "latest".to_owned(),
+            format!("sha256-{hex}.txt"),
+            "sha256-abc.sig".to_owned(),
+            format!("sha512-{hex}"),
+        ] {
+            assert!(!is_signature_tag(&tag), "{tag}");
+        }
+    }
 }

@@ -60,8 +60,35 @@ impl Upstream {
 
     /// Sends `method` for `/v2/<repository>/<tail>` and returns a 2xx
     /// response; anything else becomes an error whose code defaults to
-    /// `not_found` for a 404 that names none.
+    /// `not_found` for a 404 that names none. On a 404, the repository's
+    /// configured aliases are tried in order.
     pub async fn fetch(
+        &self,
+        method: Method,
+        repository: &str,
+        tail: &str,
+        accept: Option<&str>,
+        not_found: ErrorCode,
+    ) -> Result<Response, RegistryError> {
+        let mut result = self
+            .fetch_from(method.clone(), repository, tail, accept, not_found)
+            .await;
+        let aliases = self.config.aliases.get(repository).into_iter().flatten();
+        for alias in aliases {
+            match &result {
+                Err(err) if err.status == StatusCode::NOT_FOUND => {
+                    tracing::debug!(upstream = self.name(), repository, alias, "trying alias");
+                    result = self
+                        .fetch_from(method.clone(), alias, tail, accept, not_found)
+                        .await;
+                }
+                _ => break,
+            }
+        }
+        result
+    }
+
+    async fn fetch_from(
         &self,
         method: Method,
         repository: &str,
