@@ -274,6 +274,24 @@ mod tests {
     }
 
     #[test]
+    fn the_client_guide_shows_what_is_generated() {
+        let guide = include_str!("../docs/clients.md");
+        let files = files("https://mirror.example.com");
+        for path in [
+            "containerd/certs.d/registry.k8s.io/hosts.toml",
+            "containerd/certs.d/docker.io/hosts.toml",
+            "containerd-prefix/certs.d/registry.k8s.io/hosts.toml",
+            "containers/registries.conf.d/50-lank8s.conf",
+            "docker/daemon.json",
+            "k3s/registries.yaml",
+            "kubeadm.md",
+            "kind/cluster.yaml",
+        ] {
+            assert!(guide.contains(find(&files, path)), "docs/clients.md is out of date for {path}");
+        }
+    }
+
+    #[test]
     fn mirror_address_must_be_bare() {
         assert!(MirrorAddress::parse("mirror.example.com").is_err());
         assert!(MirrorAddress::parse("https://m.example.com/v2").is_err());
