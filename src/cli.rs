@@ -71,6 +71,9 @@ enum ConfigCommand {
     },
 }
 
+/// Threads for file I/O; reads of cached blobs take microseconds each.
+const BLOCKING_THREADS: usize = 16;
+
 /// Exit status for a configuration that cannot be used.
 const EXIT_BAD_CONFIG: u8 = 2;
 
@@ -154,7 +157,14 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     init_logging(&config);
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Disk reads and fill writes run on blocking threads. Each thread gets
+    // its own allocator arena that keeps freed buffers, so a small pool
+    // keeps memory flat under many concurrent downloads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("lank8s: cannot start the runtime: {err}");
