@@ -287,7 +287,10 @@ mod tests {
             "kubeadm.md",
             "kind/cluster.yaml",
         ] {
-            assert!(guide.contains(find(&files, path)), "docs/clients.md is out of date for {path}");
+            assert!(
+                guide.contains(find(&files, path)),
+                "docs/clients.md is out of date for {path}"
+            );
         }
     }
 

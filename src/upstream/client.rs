@@ -249,6 +249,9 @@ impl Upstream {
         authorization: Option<&HeaderValue>,
         accept: Option<&str>,
     ) -> Result<Response, SendError> {
+        // Retries share one budget: a client hears back within `timeout`
+        // plus one connect attempt, however many tries that allows.
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             let result = self
@@ -262,11 +265,13 @@ impl Upstream {
                 Err(SendError::Connect(_)) => true,
                 Err(_) => false,
             };
-            if !retryable || attempt >= self.config.retries {
+            let backoff = Duration::from_millis(100) * 2u32.pow(attempt + 1);
+            let out_of_time = started.elapsed() + backoff >= self.config.timeout;
+            if !retryable || attempt >= self.config.retries || out_of_time {
                 return result;
             }
             attempt += 1;
-            tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt)).await;
+            tokio::time::sleep(backoff).await;
         }
     }
 
