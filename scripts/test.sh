@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real parts the integration tests start: CNCF distribution as the upstream
-# registry, skopeo as the client, openssl for the token issuer's key.
-packages=(docker-registry skopeo openssl curl)
+# registry, skopeo and containerd as clients, openssl for the token issuer and
+# for cosign-style signatures.
+packages=(docker-registry skopeo containerd openssl curl)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,12 +1,17 @@
-//! Integration-test harness: real upstream registries, a token service, test images, the lank8s binary, skopeo, and a fault-injecting fake upstream.
+//! Integration-test harness: real upstream registries, a token service, test images (some runnable by a container runtime), the lank8s binary, skopeo, a private containerd, and a fault-injecting fake upstream.
 // Each test binary uses only part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod artifacts;
+pub mod containerd;
+pub mod cosign;
 pub mod fault;
 pub mod images;
 pub mod lank8s;
 pub mod registry;
+pub mod runnable;
 pub mod skopeo;
+pub mod tap;
 pub mod token;
 
 use std::future::Future;
@@ -15,13 +20,16 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+pub use containerd::{Containerd, chain_id};
 pub use fault::{Behaviour, FaultUpstream, RecordedRequest};
 pub use images::{TestImage, digest_of};
 pub use lank8s::Lank8s;
 pub use registry::{AccessEntry, Registry, RegistryAuth};
+pub use runnable::RunnableImage;
 pub use skopeo::{
     check_dir_against_image, compare_dir_with_image, skopeo_copy_all, skopeo_copy_all_with_creds,
 };
+pub use tap::{RequestTap, TappedRequest};
 pub use token::{TokenIssuer, TokenRequest};
 
 /// A port that was free a moment ago on 127.0.0.1. The listener is dropped before
