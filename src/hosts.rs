@@ -90,7 +90,7 @@ pub fn generate(config: &Config, mirror: &MirrorAddress) -> Vec<ClientFile> {
     });
     files.push(ClientFile {
         path: "docker/daemon.json".into(),
-        contents: docker_daemon_json(mirror),
+        contents: docker_daemon_json(config, mirror),
     });
     files.push(ClientFile {
         path: "k3s/registries.yaml".into(),
@@ -142,8 +142,29 @@ fn registries_conf(names: &[&str], mirror: &MirrorAddress) -> String {
     out
 }
 
-fn docker_daemon_json(mirror: &MirrorAddress) -> String {
-    let mut daemon = serde_json::json!({ "registry-mirrors": [mirror.base()] });
+/// The classic Docker daemon mirrors only Docker Hub and sends no `ns`, so
+/// its mirror must lead to docker.io by itself: a Host-routed name when a
+/// `domain` maps one to docker.io, else the `/docker.io` path prefix
+/// (Docker 25 and later).
+fn docker_daemon_json(config: &Config, mirror: &MirrorAddress) -> String {
+    let hub_host = config.domain.as_ref().and_then(|domain| {
+        let (sub, _) = config
+            .hosts
+            .iter()
+            .find(|(_, upstream)| *upstream == "docker.io")?;
+        Some(match sub.as_str() {
+            "@" => domain.clone(),
+            sub => format!("{sub}.{domain}"),
+        })
+    });
+    let hub_mirror = match hub_host {
+        Some(host) => match mirror.url.port() {
+            Some(port) => format!("{}://{host}:{port}", mirror.url.scheme()),
+            None => format!("{}://{host}", mirror.url.scheme()),
+        },
+        None => format!("{}/docker.io", mirror.base()),
+    };
+    let mut daemon = serde_json::json!({ "registry-mirrors": [hub_mirror] });
     if mirror.insecure() {
         daemon["insecure-registries"] = serde_json::json!([mirror.authority()]);
     }
@@ -257,6 +278,10 @@ mod tests {
         let daemon: serde_json::Value =
             serde_json::from_str(find(&files, "docker/daemon.json")).unwrap();
         assert_eq!(daemon["insecure-registries"][0], "127.0.0.1:5000");
+        assert_eq!(
+            daemon["registry-mirrors"][0],
+            "http://127.0.0.1:5000/docker.io"
+        );
         assert!(
             find(&files, "kubeadm.md").contains("kubeadm init --image-repository=127.0.0.1:5000\n")
         );
@@ -292,6 +317,19 @@ mod tests {
                 "docs/clients.md is out of date for {path}"
             );
         }
+    }
+
+    #[test]
+    fn docker_uses_the_hub_host_when_a_domain_routes_one() {
+        let config = Config::parse("domain = \"lank8s.example\"").unwrap();
+        let mirror = MirrorAddress::parse("https://lank8s.example").unwrap();
+        let files = generate(&config, &mirror);
+        let daemon: serde_json::Value =
+            serde_json::from_str(find(&files, "docker/daemon.json")).unwrap();
+        assert_eq!(
+            daemon["registry-mirrors"][0],
+            "https://docker.lank8s.example"
+        );
     }
 
     #[test]

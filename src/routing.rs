@@ -20,8 +20,21 @@ pub enum Endpoint {
 
 /// Splits `/v2/<name>/<endpoint>` into the raw name and the endpoint. The
 /// name may itself contain slashes, so the endpoint is found from the end.
+/// Docker (25 and later) puts a mirror's path prefix before `/v2`:
+/// `/<registry>/v2/<name>/...` is read as `/v2/<registry>/<name>/...`.
 pub fn parse_path(path: &str) -> Option<(String, Endpoint)> {
-    let rest = path.strip_prefix("/v2/")?;
+    let prefixed;
+    let rest = match path.strip_prefix("/v2/") {
+        Some(rest) => rest,
+        None => {
+            let (registry, rest) = path.strip_prefix('/')?.split_once("/v2/")?;
+            if registry.is_empty() || registry.contains('/') {
+                return None;
+            }
+            prefixed = format!("{registry}/{rest}");
+            &prefixed
+        }
+    };
     if rest == "_catalog" {
         return Some((String::new(), Endpoint::Catalog));
     }
@@ -224,6 +237,14 @@ mod tests {
             Some((String::new(), Endpoint::Catalog))
         );
         assert_eq!(parse_path("/v2/manifests/x"), None);
+        assert_eq!(
+            parse_path("/docker.io/v2/library/nginx/manifests/latest"),
+            Some((
+                "docker.io/library/nginx".into(),
+                Endpoint::Manifest("latest".into())
+            ))
+        );
+        assert_eq!(parse_path("/a/b/v2/x/manifests/y"), None);
         assert_eq!(parse_path("/v3/x/manifests/y"), None);
     }
 

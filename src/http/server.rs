@@ -50,6 +50,10 @@ pub fn app(mirror: Arc<Mirror>) -> Router {
         .route("/v2", any(registry::base))
         .route("/v2/", any(registry::base))
         .route("/v2/{*rest}", any(registry::handle))
+        // Docker puts a mirror's path prefix before /v2.
+        .route("/{registry}/v2", any(registry::base))
+        .route("/{registry}/v2/", any(registry::base))
+        .route("/{registry}/v2/{*rest}", any(registry::handle))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn(access_log))
