@@ -347,7 +347,16 @@ fn resolve_upstream(
 ) -> Result<UpstreamConfig, ConfigError> {
     let key = |field: &str| format!("upstreams.{name:?}.{field}");
 
-    if name.is_empty() || name.contains('/') || name != name.to_ascii_lowercase() {
+    // The name becomes a directory of the cache and of `lank8s hosts`'
+    // output, so it is held to what a registry host[:port] can be.
+    let host_like = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if !host_like {
         return Err(invalid(
             &format!("upstreams.{name:?}"),
             "an upstream's name is a lowercase registry host",
@@ -439,6 +448,9 @@ fn parse_base_url(text: &str) -> Result<Url, String> {
             "{text:?} must be an http:// or https:// URL with a host"
         ));
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; use username and password".into());
+    }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("{text:?} must not have a query or fragment"));
     }
@@ -523,6 +535,15 @@ mod tests {
             ("[hosts]\nfoo = \"nope.io\"", "hosts.\"foo\""),
             ("lissten = \"x\"", "lissten"),
             ("[upstreams.\"gcr.io\"]\nnames = [\"quay.io\"]", "names"),
+            ("[upstreams.\"..\"]\nurl = \"http://x\"", "upstreams.\"..\""),
+            (
+                "[upstreams.\"a/b\"]\nurl = \"http://x\"",
+                "upstreams.\"a/b\"",
+            ),
+            (
+                "[upstreams.\"x.io\"]\nurl = \"http://u:p@x\"",
+                "upstreams.\"x.io\".url",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

@@ -192,9 +192,9 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// A first path component that can only be meant as a registry host, as
-/// Docker reads image names: it has a dot or is `localhost`.
+/// Docker reads image names: it has a dot or a port, or is `localhost`.
 fn looks_like_registry_host(component: &str) -> bool {
-    component.contains('.') || component == "localhost"
+    component.contains('.') || component.contains(':') || component == "localhost"
 }
 
 #[cfg(test)]
@@ -279,6 +279,8 @@ mod tests {
         let err = router().route("evil.example/x", None, None).unwrap_err();
         assert_eq!(err.code.as_str(), "NAME_UNKNOWN");
         let err = router().route("localhost/x", None, None).unwrap_err();
+        assert_eq!(err.code.as_str(), "NAME_UNKNOWN");
+        let err = router().route("other:5000/x", None, None).unwrap_err();
         assert_eq!(err.code.as_str(), "NAME_UNKNOWN");
     }
 

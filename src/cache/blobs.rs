@@ -21,9 +21,14 @@ pub struct OpenBlob {
     pub cache: CacheResult,
 }
 
+/// Fills are shared per route as well as per digest: a request through
+/// another upstream or repository, which may fail differently (a 404, a
+/// slow or wrong upstream), never hands its failure to this one.
+type FillKey = (String, String, Digest);
+
 pub struct BlobCache {
     store: Arc<Store>,
-    fills: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    fills: Arc<Mutex<HashMap<FillKey, Arc<Fill>>>>,
 }
 
 impl BlobCache {
@@ -42,9 +47,14 @@ impl BlobCache {
         repository: &str,
         digest: &Digest,
     ) -> Result<OpenBlob, RegistryError> {
+        let key: FillKey = (
+            upstream.name().to_owned(),
+            repository.to_owned(),
+            digest.clone(),
+        );
         let (fill, cache) = {
             let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(fill) = fills.get(digest) {
+            if let Some(fill) = fills.get(&key) {
                 (fill.clone(), CacheResult::Joined)
             } else {
                 // Checked under the lock: a fill commits its file before it
@@ -64,7 +74,7 @@ impl BlobCache {
                     });
                 }
                 let fills_handle = self.fills.clone();
-                let key = digest.clone();
+                let finished_key = key.clone();
                 let fill = Fill::start(
                     self.store.clone(),
                     upstream.clone(),
@@ -74,11 +84,11 @@ impl BlobCache {
                         fills_handle
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key);
+                            .remove(&finished_key);
                     },
                 )
                 .map_err(|e| RegistryError::internal(format!("cannot start a fill: {e}")))?;
-                fills.insert(digest.clone(), fill.clone());
+                fills.insert(key, fill.clone());
                 (fill, CacheResult::Miss)
             }
         };
@@ -98,9 +108,14 @@ impl BlobCache {
         repository: &str,
         digest: &Digest,
     ) -> Result<(u64, CacheResult), RegistryError> {
+        let key: FillKey = (
+            upstream.name().to_owned(),
+            repository.to_owned(),
+            digest.clone(),
+        );
         let running = {
             let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
-            fills.get(digest).cloned()
+            fills.get(&key).cloned()
         };
         if let Some(fill) = running {
             if let Ok(Some(size)) = fill.started().await {

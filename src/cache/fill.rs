@@ -28,8 +28,8 @@ pub enum FillState {
     /// Waiting for upstream's response headers.
     Starting,
     /// Bytes `0..available` are on disk and may be sent. Until the digest is
-    /// checked the last byte is held back, so no client can receive a
-    /// complete-looking body with wrong bytes.
+    /// checked the last byte received is held back, so no client can receive
+    /// a complete-looking body with wrong bytes.
     Streaming {
         size: Option<u64>,
         available: u64,
@@ -72,9 +72,15 @@ impl Fill {
             temp,
             state: state_tx,
         };
+        let temp = task.temp.clone();
         tokio::spawn(async move {
+            // Runs even if the task panics, so a broken fill can never stay
+            // in the map for later requests to join.
+            let _cleanup = FillCleanup {
+                temp,
+                finished: Some(Box::new(finished)),
+            };
             task.run(writer).await;
-            finished();
         });
         Ok(Arc::new(Fill {
             file: Arc::new(reader),
@@ -109,6 +115,21 @@ impl Fill {
             FillState::Done { size } => Ok(*size),
             FillState::Failed(err) => Err(err.clone()),
             _ => unreachable!("wait_for returns only ended states"),
+        }
+    }
+}
+
+struct FillCleanup {
+    temp: PathBuf,
+    finished: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for FillCleanup {
+    fn drop(&mut self) {
+        // Gone already when the fill was committed (renamed) or failed.
+        let _ = std::fs::remove_file(&self.temp);
+        if let Some(finished) = self.finished.take() {
+            finished();
         }
     }
 }
@@ -192,9 +213,11 @@ impl FillTask {
             result
                 .map_err(|e| RegistryError::internal(format!("cannot write to the cache: {e}")))?;
 
+            // Hold back the last byte until the digest is checked, whether
+            // or not upstream said how long the blob is.
             let available = match size {
                 Some(size) => written.min(size.saturating_sub(1)),
-                None => written,
+                None => written.saturating_sub(1),
             };
             self.state
                 .send_replace(FillState::Streaming { size, available });

@@ -61,6 +61,9 @@ pub struct ManifestCache {
     store: Arc<Store>,
     by_digest: quick_cache::sync::Cache<Digest, Arc<Manifest>, ManifestWeight>,
     tags: quick_cache::sync::Cache<TagKey, Arc<TagRecord>>,
+    /// (upstream, repository, tag, Accept) → the digest upstream chose and
+    /// when, for clients whose Accept excludes what the tag holds.
+    negotiated: quick_cache::sync::Cache<(String, String, String, String), (Digest, u64)>,
 }
 
 impl ManifestCache {
@@ -75,6 +78,7 @@ impl ManifestCache {
                 ManifestWeight,
             ),
             tags: quick_cache::sync::Cache::new(TAG_MEMORY_ENTRIES),
+            negotiated: quick_cache::sync::Cache::new(TAG_MEMORY_ENTRIES),
         }
     }
 
@@ -176,7 +180,9 @@ impl ManifestCache {
             }
             Err(err) if err.allows_stale() => stale(manifest, upstream, &err),
             Err(err) => {
-                if err.code == ErrorCode::ManifestUnknown || err.code == ErrorCode::NameUnknown {
+                // Only upstream's word that the tag is gone removes it; a
+                // refusal (NAME_UNKNOWN from a 401) may be about credentials.
+                if err.code == ErrorCode::ManifestUnknown {
                     self.forget_tag(&key).await;
                 }
                 return Err(err);
@@ -204,10 +210,35 @@ impl ManifestCache {
         let wanted = accept
             .header_value()
             .unwrap_or_else(|| ALL_MANIFESTS.to_owned());
+
+        // What upstream chose for this Accept is remembered like a tag, so
+        // a client that always excludes the tag's type is not a GET each time.
+        let key = (
+            upstream.name().to_owned(),
+            repository.to_owned(),
+            tag.to_owned(),
+            wanted.clone(),
+        );
+        if let Some((digest, checked_at)) = self.negotiated.get(&key) {
+            let age = now_secs().saturating_sub(checked_at);
+            if Duration::from_secs(age) < tag_ttl(upstream, tag) {
+                if let Some(manifest) = self.load(&digest).await {
+                    return Ok(resolved(manifest, CacheResult::Hit));
+                }
+            }
+        }
+
         match fetch(upstream, repository, tag, &wanted, None).await {
-            Ok(other) => Ok(resolved(self.keep(other).await, CacheResult::Pass)),
-            // Never a 404 because of Accept: with upstream failing, what the
-            // tag holds is the best answer there is.
+            Ok(other) => {
+                let other = self.keep(other).await;
+                self.negotiated
+                    .insert(key, (other.digest.clone(), now_secs()));
+                Ok(resolved(other, CacheResult::Pass))
+            }
+            // Never a 404 because of Accept: when upstream has nothing else
+            // for this client, or is failing, what the tag holds is the best
+            // answer there is.
+            Err(err) if err.status == http::StatusCode::NOT_FOUND => Ok(answer),
             Err(err) if err.allows_stale() => Ok(stale(answer.manifest, upstream, &err)),
             Err(err) => Err(err),
         }
@@ -419,6 +450,21 @@ async fn fetch(
                 ))
             })?,
     };
+
+    // A manifest is a JSON object; an empty or garbage body is not one,
+    // whatever its Content-Type says. Its media type goes into headers and
+    // a file's first line, so it must be a plain token.
+    let is_object =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).is_ok();
+    let plain_type = !media_type.is_empty()
+        && media_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-/".contains(&b));
+    if !is_object || !plain_type {
+        return Err(RegistryError::bad_gateway(format!(
+            "{name} answered with something that is not a manifest"
+        )));
+    }
 
     let algorithm = expected.map(Digest::algorithm).unwrap_or(Algorithm::Sha256);
     let digest = Digest::of(algorithm, &body);

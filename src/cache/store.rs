@@ -5,7 +5,7 @@
 //! <data_dir>/blobs/<alg>/<hex[..2]>/<hex>          blob bytes
 //! <data_dir>/manifests/<alg>/<hex>                 "<media type>\n" + manifest bytes
 //! <data_dir>/tags/<upstream>/<repository>/_tags/<tag>   JSON tag → digest record
-//! <data_dir>/tmp/                                  writes in progress
+//! <data_dir>/tmp/<pid>/                            writes in progress
 //! ```
 
 use std::io::{self, Write as _};
@@ -16,22 +16,42 @@ use crate::oci::reference::Digest;
 
 pub struct Store {
     root: PathBuf,
+    /// This process's own directory for writes in progress.
+    temp_dir: PathBuf,
     temp_counter: AtomicU64,
 }
 
 impl Store {
-    /// Opens (creating) the layout under `root` and removes writes left
-    /// behind by an earlier process, which were never visible.
+    /// Opens (creating) the layout under `root`. Writes in progress go to
+    /// `tmp/<pid>/`; what earlier processes left there was never visible and
+    /// is removed, while another live process sharing the directory keeps
+    /// its own.
     pub fn open(root: &Path) -> io::Result<Store> {
-        let tmp = root.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
         for dir in ["blobs", "manifests", "tags", "tmp"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            let entry = entry?;
+            let owner_alive = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+            if !owner_alive {
+                let path = entry.path();
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed?;
+            }
+        }
+        let temp_dir = root.join("tmp").join(std::process::id().to_string());
+        std::fs::create_dir_all(&temp_dir)?;
         Ok(Store {
             root: root.to_owned(),
+            temp_dir,
             temp_counter: AtomicU64::new(0),
         })
     }
@@ -67,9 +87,7 @@ impl Store {
     /// A fresh name for a write in progress.
     pub fn temp_path(&self) -> PathBuf {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
-            .join(format!("{}-{n}", std::process::id()))
+        self.temp_dir.join(n.to_string())
     }
 
     /// Makes a finished temporary file visible under its final name.
@@ -120,18 +138,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        let temp_dir = dir.path().join("tmp").join(std::process::id().to_string());
+        assert_eq!(std::fs::read_dir(temp_dir).unwrap().count(), 0);
     }
 
     #[test]
-    fn leftover_writes_are_cleared_on_open() {
+    fn leftover_writes_are_cleared_on_open_but_not_a_live_process_s() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        std::fs::write(dir.path().join("tmp/partial"), b"half").unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(tmp.join("999999999")).unwrap();
+        std::fs::write(tmp.join("999999999/partial"), b"half").unwrap();
+        std::fs::write(tmp.join("stray"), b"half").unwrap();
+        // PID 1 is always alive: its writes must survive our start.
+        std::fs::create_dir_all(tmp.join("1")).unwrap();
+        std::fs::write(tmp.join("1/in-flight"), b"half").unwrap();
+
         Store::open(dir.path()).unwrap();
-        assert!(!dir.path().join("tmp/partial").exists());
+        assert!(!tmp.join("999999999").exists());
+        assert!(!tmp.join("stray").exists());
+        assert!(tmp.join("1/in-flight").exists());
     }
 }

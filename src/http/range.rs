@@ -14,7 +14,12 @@ pub enum RangeAnswer {
 }
 
 pub fn answer(header: Option<&str>, size: u64) -> RangeAnswer {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+    // The unit is case-insensitive.
+    let spec = header.map(str::trim).and_then(|h| {
+        let (unit, spec) = h.split_once('=')?;
+        unit.trim().eq_ignore_ascii_case("bytes").then_some(spec)
+    });
+    let Some(spec) = spec else {
         return RangeAnswer::Full;
     };
     if spec.contains(',') {
@@ -24,7 +29,14 @@ pub fn answer(header: Option<&str>, size: u64) -> RangeAnswer {
         return RangeAnswer::Full;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
+    // Digits only (no sign); a position too large to represent is past
+    // the end of any blob.
+    let parse = |s: &str| {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(s.parse::<u64>().unwrap_or(u64::MAX))
+    };
 
     let (start, end) = match (first.is_empty(), last.is_empty()) {
         // bytes=-N: the last N bytes.
@@ -72,5 +84,11 @@ mod tests {
         assert_eq!(answer(Some("bytes=5-2"), 10), Full);
         assert_eq!(answer(Some("items=0-1"), 10), Full);
         assert_eq!(answer(Some("bytes=x-1"), 10), Full);
+        assert_eq!(answer(Some("bytes=+1-2"), 10), Full);
+        assert_eq!(answer(Some("BYTES=0-1"), 10), Partial { start: 0, end: 2 });
+        assert_eq!(
+            answer(Some("bytes=999999999999999999999-"), 10),
+            Unsatisfiable
+        );
     }
 }

@@ -32,6 +32,9 @@ pub struct LogContext {
     pub cache: Option<CacheResult>,
 }
 
+/// How long downloads in flight may finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
@@ -72,13 +75,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), default_upstream = %config.default_upstream, "lank8s listening");
 
-    axum::serve(
+    // On SIGTERM, stop accepting and let downloads in flight finish, but
+    // not forever: a slow client must not hold up a rollout.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(
         listener,
         app(mirror).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(ServeError::Serve)
+    .with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            stopping.notify_one();
+        }
+    });
+    tokio::select! {
+        served = server => served.map_err(ServeError::Serve),
+        _ = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "downloads still running at shutdown were cut off");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -108,26 +128,33 @@ async fn access_log(request: Request, next: Next) -> Response {
         .map(|ConnectInfo(addr)| addr.ip().to_string())
         .unwrap_or_default();
 
+    // If the client goes away before the handler answers, the future is
+    // dropped here and the pending line is still written.
+    let mut pending = PendingLine(Some(AccessLine {
+        method,
+        path,
+        client,
+        status: 499,
+        context: LogContext::default(),
+        error: None,
+        started,
+    }));
     let mut response = next.run(request).await;
     response.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
     );
-    let context = response
+    let mut line = pending.0.take().expect("the pending line is taken once");
+    line.status = response.status().as_u16();
+    line.context = response
         .extensions_mut()
         .remove::<LogContext>()
         .unwrap_or_default();
-    let error = response.extensions_mut().remove::<RegistryError>();
-
-    let line = AccessLine {
-        method,
-        path,
-        client,
-        status: response.status().as_u16(),
-        context,
-        error: error.map(|e| e.message),
-        started,
-    };
+    line.error = response
+        .extensions_mut()
+        .remove::<RegistryError>()
+        .map(|e| e.message);
+    let head = line.method == "HEAD";
     let declared = response
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -141,9 +168,21 @@ async fn access_log(request: Request, next: Next) -> Response {
             line: Some(line),
             bytes: 0,
             declared,
+            head,
         }),
     )
     .into_response()
+}
+
+/// An access line for a request whose handler has not answered yet.
+struct PendingLine(Option<AccessLine>);
+
+impl Drop for PendingLine {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            line.emit(0, "client gone");
+        }
+    }
 }
 
 struct AccessLine {
@@ -187,6 +226,8 @@ struct LoggedBody {
     bytes: u64,
     /// The Content-Length sent; the server stops polling once it is reached.
     declared: Option<u64>,
+    /// A HEAD answer has no body to send, whatever its headers say.
+    head: bool,
 }
 
 impl http_body::Body for LoggedBody {
@@ -232,7 +273,7 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         // The server stops polling a body once its declared length is sent,
         // and may never poll an empty one (HEAD) at all.
-        let complete = self.inner.is_end_stream() || self.declared == Some(self.bytes);
+        let complete = self.head || self.inner.is_end_stream() || self.declared == Some(self.bytes);
         let outcome = if complete { "complete" } else { "client gone" };
         self.finish(outcome);
     }

@@ -63,6 +63,9 @@ fn parse_params(text: &str) -> HashMap<String, String> {
     }
 }
 
+/// The longest a token is kept, whatever its realm says.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 60 * 60;
+
 /// The answer of a token endpoint; registries differ in which name they use.
 #[derive(serde::Deserialize)]
 pub struct TokenResponse {
@@ -77,7 +80,12 @@ impl TokenResponse {
     /// token that expires in flight.
     pub fn into_token(self) -> Option<(String, Duration)> {
         let token = self.access_token.or(self.token).filter(|t| !t.is_empty())?;
-        let lifetime = self.expires_in.unwrap_or(60).max(10);
+        // A realm may claim any lifetime; a day is plenty and keeps the
+        // expiry arithmetic far from overflowing.
+        let lifetime = self
+            .expires_in
+            .unwrap_or(60)
+            .clamp(10, MAX_TOKEN_LIFETIME_SECS);
         Some((token, Duration::from_secs(lifetime - lifetime / 10)))
     }
 }
@@ -160,5 +168,9 @@ mod tests {
         assert_eq!(r.into_token(), Some(("b".into(), Duration::from_secs(270))));
         let r: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert_eq!(r.into_token(), None);
+        let r: TokenResponse =
+            serde_json::from_str(r#"{"token":"a","expires_in":18446744073709551615}"#).unwrap();
+        let (_, lifetime) = r.into_token().unwrap();
+        assert!(lifetime <= Duration::from_secs(24 * 60 * 60));
     }
 }

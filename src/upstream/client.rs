@@ -18,6 +18,8 @@ use crate::oci::error::{ErrorCode, Fault, RegistryError};
 const MAX_REDIRECTS: usize = 10;
 /// The most of an error body read to find its OCI error code.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The largest token answer accepted from a realm.
+const MAX_TOKEN_BODY: usize = 256 * 1024;
 
 pub struct Upstream {
     config: UpstreamConfig,
@@ -195,16 +197,28 @@ impl Upstream {
         }
 
         let mut request = self.http.get(realm.clone()).timeout(self.config.timeout);
+        let mut sent_credentials = false;
         if self.may_receive_credentials(&realm) {
             if let Some(basic) = self.basic_authorization() {
                 request = request.header(AUTHORIZATION, basic);
+                sent_credentials = true;
             }
         }
         let token_response = request.send().await.map_err(|e| {
             RegistryError::bad_gateway(format!("token request to {} failed: {e}", host_of(&realm)))
         })?;
         let status = token_response.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let refused = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+        if refused && sent_credentials {
+            // Our configured credentials no longer work: an operator's
+            // problem, not a sign that the image is gone, so cached copies
+            // may still be served.
+            return Err(RegistryError::bad_gateway(format!(
+                "token service {} refused the configured credentials ({status})",
+                host_of(&realm)
+            )));
+        }
+        if refused {
             return Ok(None);
         }
         if !status.is_success() {
@@ -213,10 +227,8 @@ impl Upstream {
                 host_of(&realm)
             )));
         }
-        let token = token_response
-            .bytes()
+        let token = read_capped(token_response, MAX_TOKEN_BODY)
             .await
-            .ok()
             .and_then(|body| serde_json::from_slice::<TokenResponse>(&body).ok())
             .and_then(TokenResponse::into_token)
             .ok_or_else(|| {
@@ -234,12 +246,21 @@ impl Upstream {
         Ok(Some(header))
     }
 
-    /// Credentials go to the upstream's own host and to the realm hosts the
-    /// configuration names, nowhere else.
+    /// Credentials go to the upstream's own origin and to the realm hosts
+    /// the configuration names (`host`, any port, or `host:port`), over the
+    /// same scheme as the upstream: never downgraded to plain HTTP.
     fn may_receive_credentials(&self, realm: &Url) -> bool {
+        if same_origin(realm, &self.config.url) {
+            return true;
+        }
         let host = realm.host_str().unwrap_or_default();
-        same_origin(realm, &self.config.url)
-            || self.config.credential_hosts.iter().any(|h| h == host)
+        let host_port = host_of(realm);
+        realm.scheme() == self.config.url.scheme()
+            && self
+                .config
+                .credential_hosts
+                .iter()
+                .any(|h| *h == host_port || *h == host)
     }
 
     async fn send_with_retries(
@@ -285,6 +306,8 @@ impl Upstream {
         accept: Option<&str>,
     ) -> Result<Response, SendError> {
         let mut url = url.clone();
+        // One deadline for the whole chain, not one per hop.
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
         for _ in 0..=MAX_REDIRECTS {
             let mut request = self.http.request(method.clone(), url.clone());
             if let Some(accept) = accept {
@@ -296,7 +319,7 @@ impl Upstream {
                 request = request.header(AUTHORIZATION, authorization.clone());
             }
             let send = request.send();
-            let response = match tokio::time::timeout(self.config.timeout, send).await {
+            let response = match tokio::time::timeout_at(deadline, send).await {
                 Err(_) => {
                     return Err(SendError::Timeout(format!(
                         "no answer from {} within {:?}",
@@ -426,16 +449,22 @@ impl Upstream {
     }
 }
 
-async fn read_error_code(mut response: Response) -> Option<ErrorCode> {
+async fn read_error_code(response: Response) -> Option<ErrorCode> {
+    let body = read_capped(response, MAX_ERROR_BODY).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    ErrorCode::parse(value["errors"][0]["code"].as_str()?)
+}
+
+/// A whole small body, or `None` if it is larger than `limit` or fails.
+async fn read_capped(mut response: Response, limit: usize) -> Option<Vec<u8>> {
     let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
+    while let Some(chunk) = response.chunk().await.ok()? {
         body.extend_from_slice(&chunk);
-        if body.len() > MAX_ERROR_BODY {
+        if body.len() > limit {
             return None;
         }
     }
-    let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    ErrorCode::parse(value["errors"][0]["code"].as_str()?)
+    Some(body)
 }
 
 fn is_not_found_code(code: ErrorCode) -> bool {
