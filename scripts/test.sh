@@ -21,6 +21,15 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+# Garage, the S3-compatible object store the object-storage tests run as a
+# separate process; built once into a cache (slow the first time). A binary
+# named by LANK8S_GARAGE is used as it is.
+if [ -z "${LANK8S_GARAGE:-}" ]; then
+    scripts/garage.sh install
+    LANK8S_GARAGE="$(scripts/garage.sh path)"
+fi
+export LANK8S_GARAGE
+
 # A target directory outside the checkout lets fresh clones reuse builds.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lank8s-target}"
 cargo test --locked "$@"

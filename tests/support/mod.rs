@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod containerd;
 pub mod cosign;
 pub mod fault;
+pub mod garage;
 pub mod images;
 pub mod lank8s;
 pub mod registry;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use containerd::{Containerd, chain_id};
 pub use fault::{Behaviour, FaultUpstream, RecordedRequest};
+pub use garage::Garage;
 pub use images::{TestImage, digest_of};
 pub use lank8s::Lank8s;
 pub use registry::{AccessEntry, Registry, RegistryAuth};
