@@ -35,7 +35,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML configuration file (see the README's configuration reference).
+    /// TOML configuration file; every key is listed in the README's
+    /// configuration reference and checked by `lank8s config check`.
+    /// LANK8S_LOG overrides `log.level`.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Address to listen on; overrides `listen`.
@@ -120,7 +122,15 @@ fn hosts(args: HostsArgs) -> ExitCode {
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(&path, &file.contents));
+            .and_then(|_| std::fs::write(&path, &file.contents))
+            .and_then(|_| {
+                // Scripts are meant to be run as they are.
+                use std::os::unix::fs::PermissionsExt as _;
+                match path.extension().is_some_and(|e| e == "sh") {
+                    true => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)),
+                    false => Ok(()),
+                }
+            });
         if let Err(err) = written {
             eprintln!("lank8s: cannot write {}: {err}", path.display());
             return ExitCode::FAILURE;

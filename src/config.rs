@@ -49,6 +49,9 @@ const BUILTIN_HOSTS: &[(&str, &str)] = &[
     ("us-central1-docker.pkgdev", "us-central1-docker.pkg.dev"),
 ];
 
+/// The most extra attempts an upstream request may make.
+const MAX_RETRIES: u32 = 10;
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 pub const DEFAULT_DATA_DIR: &str = "lank8s-data";
 
@@ -203,11 +206,11 @@ impl Config {
         // reader needs; the TOML error adds the line and column.
         let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| {
-                let key = e.path().to_string();
+                let key = key_of(e.path());
                 let why = e.into_inner().to_string();
-                match key.as_str() {
-                    "." | "" => ConfigError(why),
-                    _ => ConfigError(format!("{key}: {why}")),
+                match key.is_empty() {
+                    true => ConfigError(why),
+                    false => ConfigError(format!("{key}: {why}")),
                 }
             })?;
         Config::from_raw(raw)
@@ -293,6 +296,24 @@ impl Config {
             upstreams,
         })
     }
+}
+
+/// A key path written the way the rest of lank8s writes it: names with a
+/// dot in quotes, as in `upstreams."gcr.io".tag_ttl`.
+fn key_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut parts = Vec::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key } | Segment::Enum { variant: key } if key.contains('.') => {
+                parts.push(format!("{key:?}"))
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => parts.push(key.clone()),
+            Segment::Seq { index } => parts.push(index.to_string()),
+            Segment::Unknown => {}
+        }
+    }
+    parts.join(".")
 }
 
 fn resolve_upstreams(
@@ -412,6 +433,11 @@ fn resolve_upstream(
         }
     }
 
+    let retries = raw.retries.unwrap_or(2);
+    if retries > MAX_RETRIES {
+        return Err(invalid(&key("retries"), format!("at most {MAX_RETRIES}")));
+    }
+
     let tag_ttl = raw.tag_ttl.unwrap_or(Duration::from_secs(300));
     let connect_timeout = raw.connect_timeout.unwrap_or(Duration::from_secs(5));
     let timeout = raw.timeout.unwrap_or(Duration::from_secs(30));
@@ -431,7 +457,7 @@ fn resolve_upstream(
         tag_ttl,
         connect_timeout,
         timeout,
-        retries: raw.retries.unwrap_or(2).min(10),
+        retries,
         credentials,
         credential_hosts: raw.credential_hosts.unwrap_or_default(),
         aliases,
@@ -525,7 +551,11 @@ mod tests {
             ),
             (
                 "[upstreams.\"gcr.io\"]\ntag_ttl = \"soon\"",
-                "upstreams.gcr.io.tag_ttl",
+                "upstreams.\"gcr.io\".tag_ttl",
+            ),
+            (
+                "[upstreams.\"gcr.io\"]\nretries = 11",
+                "upstreams.\"gcr.io\".retries",
             ),
             (
                 "[upstreams.\"gcr.io\"]\nusername = \"u\"",

@@ -24,7 +24,9 @@ pub struct MirrorAddress {
 
 impl MirrorAddress {
     pub fn parse(text: &str) -> Result<MirrorAddress, String> {
-        let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+        let url = Url::parse(text).map_err(|_| {
+            format!("{text:?} is not a URL; write it as http://host:port or https://host")
+        })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(
                 "{text:?} must be an http:// or https:// URL with a host"
@@ -74,6 +76,18 @@ pub fn generate(config: &Config, mirror: &MirrorAddress) -> Vec<ClientFile> {
                 .join(name)
                 .join("hosts.toml"),
             contents: containerd_ns(name, mirror),
+        });
+    }
+    // Images renamed to the mirror (kubeadm's --image-repository, sandbox
+    // images) are pulled from the mirror's own name, which a plain-HTTP
+    // mirror must be declared for too.
+    if mirror.insecure() {
+        files.push(ClientFile {
+            path: Path::new("containerd/certs.d").join(mirror.authority()).join("hosts.toml"),
+            contents: format!(
+                "server = \"{base}\"\n\n[host.\"{base}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                base = mirror.base()
+            ),
         });
     }
     for name in &names {
@@ -138,6 +152,12 @@ fn registries_conf(names: &[&str], mirror: &MirrorAddress) -> String {
         if mirror.insecure() {
             out.push_str("insecure = true\n");
         }
+    }
+    if mirror.insecure() {
+        out.push_str(&format!(
+            "\n# Images named after the mirror itself (kubeadm --image-repository, pause).\n[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            mirror.authority()
+        ));
     }
     out
 }
@@ -275,6 +295,11 @@ mod tests {
         let files = files("http://127.0.0.1:5000");
         let conf = find(&files, "containers/registries.conf.d/50-lank8s.conf");
         assert!(conf.contains("location = \"127.0.0.1:5000/registry.k8s.io\"\ninsecure = true"));
+        assert!(conf.contains("[[registry]]\nlocation = \"127.0.0.1:5000\"\ninsecure = true\n"));
+        assert_eq!(
+            find(&files, "containerd/certs.d/127.0.0.1:5000/hosts.toml"),
+            "server = \"http://127.0.0.1:5000\"\n\n[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        );
         let daemon: serde_json::Value =
             serde_json::from_str(find(&files, "docker/daemon.json")).unwrap();
         assert_eq!(daemon["insecure-registries"][0], "127.0.0.1:5000");

@@ -219,9 +219,11 @@ async fn hosts_prints_exactly_the_files_it_writes() {
     assert_eq!(printed, written);
 
     // Seven built-in upstreams and the configured one, two containerd forms
-    // each, and six files for the other clients.
-    assert_eq!(written.len(), 8 * 2 + 6, "{:?}", written.keys());
-    assert_eq!(said, format!("wrote 22 files under {}\n", out.display()));
+    // each, one for the plain-HTTP mirror's own name, and six files for the
+    // other clients.
+    assert_eq!(written.len(), 8 * 2 + 1 + 6, "{:?}", written.keys());
+    assert_eq!(said, format!("wrote 23 files under {}\n", out.display()));
+    assert!(written.contains_key("containerd/certs.d/127.0.0.1:5000/hosts.toml"));
     assert_eq!(
         written["containerd/certs.d/registry.k8s.io/hosts.toml"],
         "server = \"https://registry.k8s.io\"\n\n[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
