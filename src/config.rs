@@ -74,7 +74,60 @@ pub struct Config {
     pub hosts: BTreeMap<String, String>,
     pub log: LogConfig,
     pub cache: CacheConfig,
+    pub storage: StorageConfig,
+    pub dispatch: DispatchConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// Where cached content lives.
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    /// `data_dir` on local disk.
+    Fs,
+    S3(ObjectStoreConfig),
+    Oss(ObjectStoreConfig),
+    Gcs(ObjectStoreConfig),
+}
+
+/// An object store bucket. Unset credentials come from the service's usual
+/// environment variables (`AWS_ACCESS_KEY_ID`, `GOOGLE_APPLICATION_CREDENTIALS`, …).
+#[derive(Clone)]
+pub struct ObjectStoreConfig {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub root: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub credential_path: Option<String>,
+    pub virtual_host_style: bool,
+}
+
+impl std::fmt::Debug for ObjectStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("root", &self.root)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a blob leaves lank8s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// lank8s sends the bytes.
+    Stream,
+    /// A stored blob is answered with a 307 to a presigned URL.
+    Redirect,
+}
+
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub mode: DeliveryMode,
+    pub presign_expiry: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +205,33 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    dispatch: RawDispatch,
+    #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    backend: Option<String>,
+    bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    root: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    credential_path: Option<String>,
+    virtual_host_style: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDispatch {
+    mode: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    presign_expiry: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +361,9 @@ impl Config {
             ));
         }
 
+        let storage = resolve_storage(raw.storage)?;
+        let dispatch = resolve_dispatch(raw.dispatch, &storage)?;
+
         let manifest_memory_mib = raw.cache.manifest_memory_mib.unwrap_or(64);
         Ok(Config {
             listen,
@@ -293,9 +375,96 @@ impl Config {
             cache: CacheConfig {
                 manifest_memory_bytes: manifest_memory_mib.saturating_mul(1 << 20),
             },
+            storage,
+            dispatch,
             upstreams,
         })
     }
+}
+
+fn resolve_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+    let backend = raw.backend.as_deref().unwrap_or("fs");
+    if backend == "fs" {
+        let stray = [&raw.bucket, &raw.endpoint, &raw.region, &raw.access_key_id]
+            .iter()
+            .any(|v| v.is_some());
+        if stray {
+            return Err(invalid(
+                "storage.backend",
+                "\"fs\" keeps content in data_dir; bucket settings need \"s3\", \"oss\" or \"gcs\"",
+            ));
+        }
+        return Ok(StorageConfig::Fs);
+    }
+    let bucket = raw.bucket.filter(|b| !b.is_empty()).ok_or_else(|| {
+        invalid(
+            "storage.bucket",
+            format!("missing; backend \"{backend}\" needs a bucket"),
+        )
+    })?;
+    if let Some(endpoint) = &raw.endpoint {
+        parse_base_url(endpoint).map_err(|why| invalid("storage.endpoint", why))?;
+    }
+    if raw.access_key_id.is_some() != raw.secret_access_key.is_some() {
+        return Err(invalid(
+            "storage.access_key_id",
+            "access_key_id and secret_access_key go together",
+        ));
+    }
+    let store = ObjectStoreConfig {
+        bucket,
+        endpoint: raw.endpoint,
+        region: raw.region,
+        root: raw.root.unwrap_or_else(|| "/".into()),
+        access_key_id: raw.access_key_id,
+        secret_access_key: raw.secret_access_key,
+        credential_path: raw.credential_path,
+        virtual_host_style: raw.virtual_host_style.unwrap_or(false),
+    };
+    match backend {
+        "s3" => Ok(StorageConfig::S3(store)),
+        "oss" => Ok(StorageConfig::Oss(store)),
+        "gcs" => Ok(StorageConfig::Gcs(store)),
+        other => Err(invalid(
+            "storage.backend",
+            format!("{other:?} is not one of \"fs\", \"s3\", \"oss\", \"gcs\""),
+        )),
+    }
+}
+
+fn resolve_dispatch(
+    raw: RawDispatch,
+    storage: &StorageConfig,
+) -> Result<DispatchConfig, ConfigError> {
+    let mode = match raw.mode.as_deref().unwrap_or("stream") {
+        "stream" => DeliveryMode::Stream,
+        "redirect" => DeliveryMode::Redirect,
+        other => {
+            return Err(invalid(
+                "dispatch.mode",
+                format!("{other:?} is not \"stream\" or \"redirect\""),
+            ));
+        }
+    };
+    if mode == DeliveryMode::Redirect && matches!(storage, StorageConfig::Fs) {
+        return Err(invalid(
+            "dispatch.mode",
+            "\"redirect\" sends clients to object storage; set storage.backend too",
+        ));
+    }
+    let presign_expiry = raw.presign_expiry.unwrap_or(Duration::from_secs(600));
+    if presign_expiry < Duration::from_secs(10)
+        || presign_expiry > Duration::from_secs(7 * 24 * 3600)
+    {
+        return Err(invalid(
+            "dispatch.presign_expiry",
+            "must be between 10s and 7 days",
+        ));
+    }
+    Ok(DispatchConfig {
+        mode,
+        presign_expiry,
+    })
 }
 
 /// A key path written the way the rest of lank8s writes it: names with a
@@ -562,6 +731,17 @@ mod tests {
                 "upstreams.\"gcr.io\".username",
             ),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[storage]\nbackend = \"s3\"", "storage.bucket"),
+            (
+                "[storage]\nbackend = \"ftp\"\nbucket = \"b\"",
+                "storage.backend",
+            ),
+            ("[storage]\nbucket = \"b\"", "storage.backend"),
+            ("[dispatch]\nmode = \"redirect\"", "dispatch.mode"),
+            (
+                "[storage]\nbackend = \"s3\"\nbucket = \"b\"\naccess_key_id = \"k\"",
+                "storage.access_key_id",
+            ),
             ("[hosts]\nfoo = \"nope.io\"", "hosts.\"foo\""),
             ("lissten = \"x\"", "lissten"),
             ("[upstreams.\"gcr.io\"]\nnames = [\"quay.io\"]", "names"),
@@ -582,6 +762,21 @@ mod tests {
                 "{text:?} gave {err:?}, which does not name {key}"
             );
         }
+    }
+
+    #[test]
+    fn object_storage_and_redirects() {
+        let config = Config::parse(
+            "[storage]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:3900\"\nsecret_access_key = \"hidden\"\naccess_key_id = \"k\"\n[dispatch]\nmode = \"redirect\"\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&config.storage, StorageConfig::S3(s) if s.bucket == "b" && s.root == "/")
+        );
+        assert_eq!(config.dispatch.mode, DeliveryMode::Redirect);
+        assert_eq!(config.dispatch.presign_expiry, Duration::from_secs(600));
+        assert!(!format!("{config:?}").contains("hidden"));
+        assert!(matches!(Config::embedded().storage, StorageConfig::Fs));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::cache::blobs::BlobCache;
 use crate::cache::manifests::ManifestCache;
 use crate::cache::store::Store;
-use crate::config::Config;
+use crate::config::{Config, DispatchConfig};
 use crate::routing::Router;
 use crate::upstream::Upstream;
 
@@ -16,6 +16,8 @@ pub struct Mirror {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub manifests: ManifestCache,
     pub blobs: BlobCache,
+    pub store: Arc<Store>,
+    pub dispatch: DispatchConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +36,11 @@ pub enum StartError {
 
 impl Mirror {
     pub fn new(config: &Config) -> Result<Mirror, StartError> {
-        let store = Store::open(&config.data_dir).map_err(|source| StartError::Store {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        let store =
+            Store::open(&config.data_dir, &config.storage).map_err(|source| StartError::Store {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
         let store = Arc::new(store);
 
         let mut upstreams = HashMap::new();
@@ -54,7 +57,9 @@ impl Mirror {
             router: Router::new(config),
             upstreams,
             manifests: ManifestCache::new(store.clone(), config.cache.manifest_memory_bytes),
-            blobs: BlobCache::new(store),
+            blobs: BlobCache::new(store.clone()),
+            store,
+            dispatch: config.dispatch.clone(),
         })
     }
 }

@@ -8,7 +8,7 @@ use reqwest::Method;
 
 use super::CacheResult;
 use super::fill::{Fill, Source, content_length};
-use super::store::Store;
+use super::store::{Store, StoredBlob};
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::Digest;
 use crate::upstream::Upstream;
@@ -52,26 +52,29 @@ impl BlobCache {
             repository.to_owned(),
             digest.clone(),
         );
+        // An object store is asked before taking the lock (it is a network
+        // call); a second look under the lock then catches a fill that
+        // started meanwhile.
+        let running = self.running(&key);
+        if running.is_none() && self.store.is_remote() {
+            if let Some(stored) = self.stored(digest).await {
+                return Ok(stored);
+            }
+        }
         let (fill, cache) = {
             let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(fill) = fills.get(&key) {
                 (fill.clone(), CacheResult::Joined)
             } else {
-                // Checked under the lock: a fill commits its file before it
-                // leaves the map, so a blob is always in one place or the other.
-                let path = self.store.blob_path(digest);
-                if let Ok(file) = std::fs::File::open(&path) {
-                    let size = file
-                        .metadata()
-                        .map_err(|e| {
-                            RegistryError::internal(format!("cannot read a cached blob: {e}"))
-                        })?
-                        .len();
-                    return Ok(OpenBlob {
-                        source: Source::File(Arc::new(file)),
-                        size: Some(size),
-                        cache: CacheResult::Hit,
-                    });
+                // On local disk, checked under the lock: a fill commits its
+                // file before it leaves the map, so a blob is always in one
+                // place or the other.
+                match self.store.local_blob(digest) {
+                    Ok(Some(stored)) => return Ok(open_stored(&self.store, stored)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "cannot read a cached blob; filling again")
+                    }
                 }
                 let fills_handle = self.fills.clone();
                 let finished_key = key.clone();
@@ -113,17 +116,13 @@ impl BlobCache {
             repository.to_owned(),
             digest.clone(),
         );
-        let running = {
-            let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
-            fills.get(&key).cloned()
-        };
-        if let Some(fill) = running {
+        if let Some(fill) = self.running(&key) {
             if let Ok(Some(size)) = fill.started().await {
                 return Ok((size, CacheResult::Joined));
             }
         }
-        if let Ok(metadata) = tokio::fs::metadata(self.store.blob_path(digest)).await {
-            return Ok((metadata.len(), CacheResult::Hit));
+        if let Some(stored) = self.stored(digest).await {
+            return Ok((stored.size.unwrap_or_default(), CacheResult::Hit));
         }
         let response = upstream
             .fetch(
@@ -141,5 +140,40 @@ impl BlobCache {
             ))
         })?;
         Ok((size, CacheResult::Pass))
+    }
+
+    fn running(&self, key: &FillKey) -> Option<Arc<Fill>> {
+        let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+        fills.get(key).cloned()
+    }
+
+    /// The stored copy, if the store has one and answers; a failing store
+    /// is logged and treated as a miss, so upstream serves instead.
+    async fn stored(&self, digest: &Digest) -> Option<OpenBlob> {
+        match self.store.blob(digest).await {
+            Ok(stored) => stored.map(|stored| open_stored(&self.store, stored)),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot reach the cache store; streaming from upstream");
+                None
+            }
+        }
+    }
+}
+
+fn open_stored(store: &Arc<Store>, stored: StoredBlob) -> OpenBlob {
+    let (source, size) = match stored {
+        StoredBlob::File(file, size) => (Source::File(file), size),
+        StoredBlob::Remote { key, size } => (
+            Source::Remote {
+                store: store.clone(),
+                key,
+            },
+            size,
+        ),
+    };
+    OpenBlob {
+        source,
+        size: Some(size),
+        cache: CacheResult::Hit,
     }
 }

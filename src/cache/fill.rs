@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{FutureExt as _, Stream, StreamExt as _};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use reqwest::Method;
 use tokio::sync::watch;
 
@@ -146,20 +147,32 @@ struct FillTask {
 impl FillTask {
     async fn run(self, writer: std::fs::File) {
         let started = std::time::Instant::now();
-        match self.download(writer).await {
+        let mut upload = None;
+        match self.download(writer, &mut upload).await {
             Ok(size) => {
                 tracing::debug!(digest = %self.digest, bytes = size, duration_ms = started.elapsed().as_millis() as u64, "fill committed");
                 self.state.send_replace(FillState::Done { size });
             }
             Err(err) => {
                 tracing::warn!(upstream = self.upstream.name(), digest = %self.digest, error = %err, "fill failed; nothing was cached");
+                if let Some(mut upload) = upload {
+                    // Nothing appears under the blob's key: the multipart
+                    // upload is dropped, never completed.
+                    let _ = upload.abort().await;
+                }
                 let _ = std::fs::remove_file(&self.temp);
                 self.state.send_replace(FillState::Failed(err));
             }
         }
     }
 
-    async fn download(&self, writer: std::fs::File) -> Result<u64, RegistryError> {
+    /// Streams the blob to the spool file (and to `upload`, an object store
+    /// upload started once upstream answers), verifies it, and commits it.
+    async fn download(
+        &self,
+        writer: std::fs::File,
+        upload: &mut Option<opendal::Writer>,
+    ) -> Result<u64, RegistryError> {
         let name = self.upstream.name();
         let response = self
             .upstream
@@ -174,6 +187,13 @@ impl FillTask {
         let size = content_length(response.headers());
         self.state
             .send_replace(FillState::Streaming { size, available: 0 });
+        *upload = match self.store.blob_upload(&self.digest).await {
+            Ok(upload) => upload,
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, error = %e, "cannot start an upload to the cache store; streaming only");
+                None
+            }
+        };
 
         let mut body = response.bytes_stream();
         let mut writer = writer;
@@ -187,6 +207,7 @@ impl FillTask {
             // Take whatever else has already arrived, so that a fast
             // upstream is written in large batches and a slow one promptly.
             let mut batch = first.map_err(cut)?.to_vec();
+            batch.reserve(WRITE_BATCH.saturating_sub(batch.len()));
             while batch.len() < WRITE_BATCH {
                 match body.next().now_or_never() {
                     Some(Some(chunk)) => batch.extend_from_slice(&chunk.map_err(cut)?),
@@ -202,9 +223,11 @@ impl FillTask {
 
             // Hashing and writing both cost CPU time that would otherwise
             // stall the runtime's worker; do them off it.
+            let batch = Bytes::from(batch);
+            let spooled = batch.clone();
             let (w, h, result) = tokio::task::spawn_blocking(move || {
-                hasher.update(&batch);
-                let result = writer.write_all(&batch);
+                hasher.update(&spooled);
+                let result = writer.write_all(&spooled);
                 (writer, hasher, result)
             })
             .await
@@ -212,6 +235,16 @@ impl FillTask {
             (writer, hasher) = (w, h);
             result
                 .map_err(|e| RegistryError::internal(format!("cannot write to the cache: {e}")))?;
+            if let Some(writer) = upload.as_mut() {
+                if let Err(e) = writer.write(batch).await {
+                    // The store failing must not fail the clients: they are
+                    // served from the spool, and the blob is fetched again
+                    // next time.
+                    tracing::warn!(digest = %self.digest, error = %e, "upload to the cache store failed; streaming only");
+                    let _ = writer.abort().await;
+                    *upload = None;
+                }
+            }
 
             // Hold back the last byte until the digest is checked, whether
             // or not upstream said how long the blob is.
@@ -236,12 +269,22 @@ impl FillTask {
             )));
         }
 
+        // Verified: only now may the blob appear under its key.
+        if let Some(mut writer) = upload.take() {
+            if let Err(e) = writer.close().await {
+                tracing::warn!(digest = %self.digest, error = %e, "cannot complete the upload to the cache store; not cached");
+            }
+            return Ok(written);
+        }
+        if self.store.is_remote() {
+            return Ok(written);
+        }
         let temp = self.temp.clone();
-        let path = self.store.blob_path(&self.digest);
+        let digest = self.digest.clone();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             writer.sync_data()?;
-            store.commit(&temp, &path)
+            store.commit_local(&temp, &digest)
         })
         .await
         .map_err(|e| RegistryError::internal(format!("fill commit failed: {e}")))?
@@ -257,9 +300,11 @@ pub fn content_length(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Where a client's bytes come from: a committed file, or a fill under way.
+/// Where a client's bytes come from: a committed file, an object in the
+/// store, or a fill under way.
 pub enum Source {
     File(Arc<std::fs::File>),
+    Remote { store: Arc<Store>, key: String },
     Fill(Arc<Fill>),
 }
 
@@ -270,7 +315,13 @@ pub fn read_range(
     source: Source,
     start: u64,
     end: Option<u64>,
-) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    if let Source::Remote { store, key } = source {
+        let end = end.unwrap_or(u64::MAX);
+        return futures_util::stream::once(async move { store.read_range(&key, start, end).await })
+            .try_flatten()
+            .boxed();
+    }
     // The last byte of a range is held back until the fill is verified, so
     // a failed fill can still abort the response of every reader.
     let hold = move |available: u64| end.map_or(available, |e| available.min(e.saturating_sub(1)));
@@ -280,6 +331,7 @@ pub fn read_range(
         }
         let (file, limit) = match &source {
             Source::File(file) => (file.clone(), end?),
+            Source::Remote { .. } => return None,
             Source::Fill(fill) => {
                 let mut state = fill.state.clone();
                 let ready = state
@@ -320,4 +372,5 @@ pub fn read_range(
             Err(e) => Some((Err(e), (source, u64::MAX))),
         }
     })
+    .boxed()
 }

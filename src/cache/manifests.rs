@@ -257,14 +257,24 @@ impl ManifestCache {
         Ok(resolved(manifest, CacheResult::Miss))
     }
 
-    /// A manifest by digest from memory, else from disk.
+    /// A stored object; a store that fails is logged and treated as a miss,
+    /// so lank8s falls back to upstream instead of failing the request.
+    async fn read_stored(&self, key: &str) -> Option<Vec<u8>> {
+        match self.store.read(key).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot read from the cache store; asking upstream");
+                None
+            }
+        }
+    }
+
+    /// A manifest by digest from memory, else from the store.
     async fn load(&self, digest: &Digest) -> Option<Arc<Manifest>> {
         if let Some(manifest) = self.by_digest.get(digest) {
             return Some(manifest);
         }
-        let stored = tokio::fs::read(self.store.manifest_path(digest))
-            .await
-            .ok()?;
+        let stored = self.read_stored(&Store::manifest_key(digest)).await?;
         let newline = stored.iter().position(|&b| b == b'\n')?;
         let media_type = std::str::from_utf8(&stored[..newline]).ok()?.to_owned();
         let bytes = Bytes::from(stored).slice(newline + 1..);
@@ -291,7 +301,7 @@ impl ManifestCache {
         stored.extend_from_slice(&manifest.bytes);
         if let Err(e) = self
             .store
-            .write_atomic(self.store.manifest_path(&manifest.digest), stored)
+            .write(&Store::manifest_key(&manifest.digest), stored)
             .await
         {
             tracing::warn!(digest = %manifest.digest, error = %e, "cannot write manifest to the cache");
@@ -306,8 +316,10 @@ impl ManifestCache {
         if let Some(record) = self.tags.get(key) {
             return Some(record);
         }
-        let path = self.store.tag_path(&key.0, &key.1, &key.2);
-        let record: TagRecord = serde_json::from_slice(&tokio::fs::read(path).await.ok()?).ok()?;
+        let stored = self
+            .read_stored(&Store::tag_key(&key.0, &key.1, &key.2))
+            .await?;
+        let record: TagRecord = serde_json::from_slice(&stored).ok()?;
         let record = Arc::new(record);
         self.tags.insert(key.clone(), record.clone());
         Some(record)
@@ -319,9 +331,9 @@ impl ManifestCache {
             media_type: manifest.media_type.clone(),
             checked_at: now_secs(),
         };
-        let path = self.store.tag_path(&key.0, &key.1, &key.2);
         let json = serde_json::to_vec(&record).unwrap_or_default();
-        if let Err(e) = self.store.write_atomic(path, json).await {
+        let stored_key = Store::tag_key(&key.0, &key.1, &key.2);
+        if let Err(e) = self.store.write(&stored_key, json).await {
             tracing::warn!(repository = %key.1, tag = %key.2, error = %e, "cannot write tag to the cache");
         }
         self.tags.insert(key.clone(), Arc::new(record));
@@ -329,7 +341,10 @@ impl ManifestCache {
 
     async fn forget_tag(&self, key: &TagKey) {
         self.tags.remove(key);
-        let _ = tokio::fs::remove_file(self.store.tag_path(&key.0, &key.1, &key.2)).await;
+        let stored_key = Store::tag_key(&key.0, &key.1, &key.2);
+        if let Err(e) = self.store.delete(&stored_key).await {
+            tracing::warn!(key = stored_key, error = %e, "cannot remove a tag from the cache store");
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use super::listing;
 use super::range::{self, RangeAnswer};
 use super::server::LogContext;
 use crate::cache::fill::{Source, read_range};
+use crate::config::DeliveryMode;
 use crate::mirror::Mirror;
 use crate::oci::error::RegistryError;
 use crate::oci::media::Accept;
@@ -188,6 +189,26 @@ async fn blob(
     log.cache = Some(opened.cache);
     let range_header = headers.get(RANGE).and_then(|r| r.to_str().ok());
 
+    // In redirect mode a stored blob is fetched by the client from the
+    // store itself, which honours Range; a blob still filling streams.
+    if let Source::Remote { key, .. } = &opened.source {
+        if mirror.dispatch.mode == DeliveryMode::Redirect {
+            match mirror
+                .store
+                .presign(key, mirror.dispatch.presign_expiry)
+                .await
+            {
+                Ok(url) => {
+                    log.via_redirect = true;
+                    return redirect(&url);
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "cannot presign a blob URL; streaming it instead")
+                }
+            }
+        }
+    }
+
     let size = match (opened.size, &opened.source, range_header) {
         (Some(size), _, _) => size,
         // No length from upstream and no range asked for: stream it all as
@@ -198,7 +219,7 @@ async fn blob(
         }
         // A range needs the size; wait for the fill to learn it.
         (None, Source::Fill(fill), Some(_)) => fill.finished().await?,
-        (None, Source::File(_), Some(_)) => {
+        (None, Source::File(_) | Source::Remote { .. }, Some(_)) => {
             return Err(RegistryError::internal("cached blob of unknown size"));
         }
     };
@@ -227,6 +248,17 @@ async fn blob(
             Ok(response)
         }
     }
+}
+
+fn redirect(url: &str) -> Result<Response, RegistryError> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    response.headers_mut().insert(
+        axum::http::header::LOCATION,
+        HeaderValue::from_str(url)
+            .map_err(|_| RegistryError::internal("presigned URL is not a header value"))?,
+    );
+    Ok(response)
 }
 
 fn blob_response(status: StatusCode, digest: &Digest, length: Option<u64>, body: Body) -> Response {

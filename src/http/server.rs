@@ -30,6 +30,8 @@ pub struct LogContext {
     pub reference: Option<String>,
     pub via: Option<&'static str>,
     pub cache: Option<CacheResult>,
+    /// The blob was answered with a redirect to the store.
+    pub via_redirect: bool,
 }
 
 /// How long downloads in flight may finish after SIGTERM.
@@ -212,6 +214,7 @@ impl AccessLine {
             duration_ms = self.started.elapsed().as_millis() as u64,
             client = %self.client,
             outcome,
+            redirect = c.via_redirect,
             error = self.error.as_deref().unwrap_or(""),
             "request"
         );
