@@ -214,6 +214,29 @@ fn check(file: &std::path::Path) -> ExitCode {
         }
     };
     print!("{}", describe(&config));
+
+    // Operators publish these for firewalls: with redirects on, clients
+    // fetch blobs from there, not from lank8s.
+    if config.dispatch.mode == crate::config::DeliveryMode::Redirect {
+        let hosts = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(crate::cache::store::redirect_hosts(&config.storage))
+                    .map_err(|e| e.to_string())
+            });
+        match hosts {
+            Ok(hosts) => println!(
+                "redirect hosts (clients fetch blobs from): {}",
+                hosts.join(", ")
+            ),
+            Err(err) => {
+                eprintln!("{}: invalid: storage: {err}", file.display());
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        }
+    }
     ExitCode::SUCCESS
 }
 
@@ -253,6 +276,17 @@ pub fn describe(config: &Config) -> String {
             },
         );
     }
+    let storage = match &config.storage {
+        crate::config::StorageConfig::Fs => format!("fs ({})", config.data_dir.display()),
+        crate::config::StorageConfig::S3(c) => format!("s3 bucket {}", c.bucket),
+        crate::config::StorageConfig::Oss(c) => format!("oss bucket {}", c.bucket),
+        crate::config::StorageConfig::Gcs(c) => format!("gcs bucket {}", c.bucket),
+    };
+    let _ = writeln!(
+        out,
+        "storage: {storage}; blobs leave by {:?}",
+        config.dispatch.mode
+    );
     match &config.domain {
         Some(domain) => {
             let _ = writeln!(out, "hosts (domain {domain}):");

@@ -248,6 +248,23 @@ impl Store {
     }
 }
 
+/// The hosts a client may be redirected to under `storage`, found by
+/// presigning a URL (a local computation; nothing is sent).
+pub async fn redirect_hosts(storage: &StorageConfig) -> Result<Vec<String>, opendal::Error> {
+    let Some(op) = object_store(storage)? else {
+        return Ok(Vec::new());
+    };
+    let request = op
+        .presign_read("blobs/probe", Duration::from_secs(60))
+        .await?;
+    Ok(request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .into_iter()
+        .collect())
+}
+
 fn object_store(storage: &StorageConfig) -> Result<Option<Operator>, opendal::Error> {
     let set = |value: &Option<String>| {
         value
