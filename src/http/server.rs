@@ -15,6 +15,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http_body::{Body as _, Frame};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 
 use super::registry;
 use crate::cache::CacheResult;
@@ -34,6 +37,11 @@ pub struct LogContext {
     pub via_redirect: bool,
 }
 
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Connections served at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16_384;
+
 /// How long downloads in flight may finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -46,8 +54,6 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 pub fn app(mirror: Arc<Mirror>) -> Router {
@@ -77,30 +83,63 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), default_upstream = %config.default_upstream, "lank8s listening");
 
-    // On SIGTERM, stop accepting and let downloads in flight finish, but
-    // not forever: a slow client must not hold up a rollout.
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let server = axum::serve(
-        listener,
-        app(mirror).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown({
-        let stopping = stopping.clone();
-        async move {
-            shutdown_signal().await;
-            stopping.notify_one();
-        }
-    });
+    let router = app(mirror);
+    // A client must send its request headers within HEADER_READ_TIMEOUT,
+    // so connections that trickle or idle cannot pile up without bound.
+    let mut connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    connection
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    connection
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait, don't spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), router.clone());
+        let served = connection.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service),
+        );
+        let served = graceful.watch(served.into_owned());
+        tokio::spawn(async move {
+            let _ = served.await;
+            drop(slot);
+        });
+    }
+
+    // Stop accepting and let downloads in flight finish, but not forever:
+    // a slow client must not hold up a rollout.
     tokio::select! {
-        served = server => served.map_err(ServeError::Serve),
-        _ = async {
-            stopping.notified().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "downloads still running at shutdown were cut off");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 async fn shutdown_signal() {
