@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 
 use super::images::TestImage;
 use auth::AuthMode;
-pub use helpers::{ErrorAnswer, error_answer, files_under, upstream_table};
+pub use helpers::{
+    ErrorAnswer, RawAnswer, error_answer, files_under, raw_http10_get, upstream_table,
+};
 use respond::handle;
 
 /// What a path answers instead of its stored content.
@@ -47,6 +49,17 @@ pub enum Behaviour {
     /// time with a pause of `every` between chunks, so that a download is
     /// still under way while a test acts.
     Throttle { chunk: usize, every: Duration },
+    /// The stored content without a Content-Length (chunked transfer encoding),
+    /// `chunk` bytes at a time with a pause of `every` between chunks and before
+    /// the end; with `wrong_bytes` its first byte is altered, like
+    /// [`Behaviour::WrongBytes`].
+    Chunked {
+        chunk: usize,
+        every: Duration,
+        wrong_bytes: bool,
+    },
+    /// Waits this long, then behaves as the inner behaviour (e.g. a slow redirect).
+    Delayed(Duration, Box<Behaviour>),
 }
 
 /// One request as received.
@@ -104,6 +117,8 @@ struct FaultState {
     fallbacks: Mutex<HashMap<String, Content>>,
     auth: Mutex<Option<AuthMode>>,
     revoked: Mutex<HashSet<String>>,
+    /// Paths that answer 404 to requests whose `Accept` excludes the stored type.
+    unconvertible: Mutex<HashSet<String>>,
 }
 
 pub struct FaultUpstream {
@@ -263,6 +278,17 @@ impl FaultUpstream {
             .lock()
             .unwrap()
             .insert(path.to_string(), content);
+    }
+
+    /// `path` answers 404 (`MANIFEST_UNKNOWN`) to requests whose `Accept` names
+    /// types but neither the stored one nor `*/*`, as distribution does when it
+    /// cannot convert a manifest to what the client asked for.
+    pub fn not_found_unless_accepted(&self, path: &str) {
+        self.state
+            .unconvertible
+            .lock()
+            .unwrap()
+            .insert(path.to_string());
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {

@@ -29,7 +29,7 @@ pub struct TokenRequest {
 struct IssuerState {
     key: EncodingKey,
     x5c: String,
-    credentials: Option<(String, String)>,
+    credentials: Mutex<Option<(String, String)>>,
     lifetime: Mutex<Duration>,
     requests: Mutex<Vec<TokenRequest>>,
 }
@@ -66,7 +66,7 @@ impl TokenIssuer {
         let state = Arc::new(IssuerState {
             key,
             x5c: super::base64_encode(&der),
-            credentials,
+            credentials: Mutex::new(credentials),
             lifetime: Mutex::new(Duration::from_secs(300)),
             requests: Mutex::new(Vec::new()),
         });
@@ -103,7 +103,14 @@ impl TokenIssuer {
     }
 
     pub fn credentials(&self) -> Option<(String, String)> {
-        self.state.credentials.clone()
+        self.state.credentials.lock().unwrap().clone()
+    }
+
+    /// From now on only these credentials are accepted, as after a password
+    /// rotation; what was accepted before gets 401. Tokens already issued stay
+    /// valid (a registry checks their signature, not the password).
+    pub fn set_credentials(&self, user: &str, pass: &str) {
+        *self.state.credentials.lock().unwrap() = Some((user.to_string(), pass.to_string()));
     }
 
     /// How long newly issued tokens live (`exp` and `expires_in`). Default 300 s.
@@ -305,7 +312,8 @@ fn authorized(
     headers: &HeaderMap,
     params: &[(String, String)],
 ) -> Option<String> {
-    let Some((user, pass)) = &state.credentials else {
+    let credentials = state.credentials.lock().unwrap().clone();
+    let Some((user, pass)) = &credentials else {
         return Some("anonymous".into());
     };
     let expected = super::basic_auth_header(user, pass);

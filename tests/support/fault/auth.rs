@@ -19,6 +19,13 @@ pub(super) enum AuthMode {
     /// checked, not its signature), granting pull on the repository asked for,
     /// unexpired and not revoked.
     Bearer { realm: String, service: String },
+    /// Exactly this opaque bearer token, whatever issued it (a token service
+    /// that is not the test issuer, e.g. one sending hostile answers).
+    BearerToken {
+        realm: String,
+        service: String,
+        token: String,
+    },
 }
 
 impl FaultUpstream {
@@ -39,6 +46,17 @@ impl FaultUpstream {
         *self.state.auth.lock().unwrap() = Some(AuthMode::Bearer {
             realm: realm.to_string(),
             service: service.to_string(),
+        });
+    }
+
+    /// From now on every request to `/v2/...` needs `Authorization: Bearer <token>`
+    /// with exactly this token; otherwise 401 with the same challenge as
+    /// [`FaultUpstream::require_bearer`], naming `realm` and `service`.
+    pub fn require_bearer_token(&self, realm: &str, service: &str, token: &str) {
+        *self.state.auth.lock().unwrap() = Some(AuthMode::BearerToken {
+            realm: realm.to_string(),
+            service: service.to_string(),
+            token: token.to_string(),
         });
     }
 
@@ -89,6 +107,9 @@ pub(super) fn authorized(
             !state.revoked.lock().unwrap().contains(token)
                 && token_grants_pull(token, service, repository_of(path).as_deref())
         }
+        AuthMode::BearerToken { token, .. } => {
+            given.and_then(|g| g.strip_prefix("Bearer ")) == Some(token.as_str())
+        }
     }
 }
 
@@ -129,7 +150,7 @@ fn token_grants_pull(token: &str, service: &str, repository: Option<&str>) -> bo
 pub(super) fn unauthorized(auth: &AuthMode, path: &str) -> Response {
     let challenge = match auth {
         AuthMode::Basic { .. } => r#"Basic realm="fault""#.to_string(),
-        AuthMode::Bearer { realm, service } => {
+        AuthMode::Bearer { realm, service } | AuthMode::BearerToken { realm, service, .. } => {
             let mut challenge = format!(r#"Bearer realm="{realm}",service="{service}""#);
             if let Some(repository) = repository_of(path) {
                 challenge.push_str(&format!(r#",scope="repository:{repository}:pull""#));

@@ -76,3 +76,73 @@ pub async fn error_answer(response: reqwest::Response) -> ErrorAnswer {
         body,
     }
 }
+
+/// An answer read off a raw connection up to EOF or a connection error, with
+/// the body exactly as it came (not de-chunked).
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The read error that ended the exchange (e.g. a reset), if it did not end
+    /// with a clean EOF.
+    pub error: Option<String>,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `GET <path> HTTP/1.0` to `host` (`ip:port`) and reads until the server
+/// closes the connection or it fails, at most `timeout`. An HTTP/1.0 client
+/// cannot take chunked encoding, so a body of unknown length comes back
+/// delimited only by the end of the connection. `None` if the server sent no
+/// complete header block.
+pub async fn raw_http10_get(
+    host: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Option<RawAnswer> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let exchange = async {
+        let mut answer = Vec::new();
+        let mut stream = match tokio::net::TcpStream::connect(host).await {
+            Ok(stream) => stream,
+            Err(e) => return (answer, Some(format!("connect: {e}"))),
+        };
+        if let Err(e) = stream.write_all(request.as_bytes()).await {
+            return (answer, Some(format!("write: {e}")));
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return (answer, None),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) => return (answer, Some(e.to_string())),
+            }
+        }
+    };
+    let (answer, error) = tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} over HTTP/1.0 still running after {timeout:?}"));
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(RawAnswer {
+        status,
+        headers,
+        body: answer[split + 4..].to_vec(),
+        error,
+    })
+}

@@ -70,7 +70,17 @@ async fn respond(state: &FaultState, method: &Method, path: &str, headers: &Head
             content = Some(fallback);
         }
     }
+    let unconvertible = state.unconvertible.lock().unwrap().contains(&path);
+    if let (true, Some(c)) = (unconvertible, &content) {
+        if !accepts(headers, &c.content_type) {
+            return not_found(&path);
+        }
+    }
     let mut behaviour = take_behaviour(state, &method, &path);
+    while let Behaviour::Delayed(delay, inner) = behaviour {
+        tokio::time::sleep(delay).await;
+        behaviour = *inner;
+    }
     if let Behaviour::SlowFirstByte(delay) = behaviour {
         tokio::time::sleep(delay).await;
         behaviour = Behaviour::Normal;
@@ -141,27 +151,66 @@ async fn respond(state: &FaultState, method: &Method, path: &str, headers: &Head
             let body = if head {
                 Body::empty()
             } else {
-                let bytes = c.bytes.clone();
-                let chunk = chunk.max(1);
-                let chunks = futures_util::stream::unfold(0usize, move |pos| {
-                    let bytes = bytes.clone();
-                    async move {
-                        if pos >= bytes.len() {
-                            return None;
-                        }
-                        if pos > 0 {
-                            tokio::time::sleep(every).await;
-                        }
-                        let end = (pos + chunk).min(bytes.len());
-                        Some((Ok::<_, std::io::Error>(bytes.slice(pos..end)), end))
-                    }
-                });
-                Body::from_stream(chunks)
+                Body::from_stream(paced(c.bytes.clone(), chunk, every, false))
             };
             content_headers(&c, len).body(body).unwrap()
         }
+        Behaviour::Chunked {
+            chunk,
+            every,
+            wrong_bytes,
+        } => {
+            if wrong_bytes {
+                let mut altered = c.bytes.to_vec();
+                if let Some(b) = altered.first_mut() {
+                    *b ^= 0xff;
+                }
+                c.bytes = Bytes::from(altered);
+            }
+            // A streamed body without Content-Length goes out chunked. Its end
+            // comes `every` after the last chunk, so that a reader downstream
+            // has had time to pass on every byte before anything can fail.
+            let body = if head {
+                Body::empty()
+            } else {
+                Body::from_stream(paced(c.bytes.clone(), chunk, every, true))
+            };
+            Response::builder()
+                .header(header::CONTENT_TYPE, c.content_type.as_str())
+                .header("docker-content-digest", c.digest.as_str())
+                .header("docker-distribution-api-version", "registry/2.0")
+                .body(body)
+                .unwrap()
+        }
         _ => serve(&c, headers, head),
     }
+}
+
+/// `bytes`, `chunk` bytes at a time, pausing `every` between chunks and, with
+/// `pause_at_end`, once more before the end.
+fn paced(
+    bytes: Bytes,
+    chunk: usize,
+    every: Duration,
+    pause_at_end: bool,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let chunk = chunk.max(1);
+    futures_util::stream::unfold(0usize, move |pos| {
+        let bytes = bytes.clone();
+        async move {
+            if pos >= bytes.len() {
+                if pause_at_end && pos > 0 {
+                    tokio::time::sleep(every).await;
+                }
+                return None;
+            }
+            if pos > 0 {
+                tokio::time::sleep(every).await;
+            }
+            let end = (pos + chunk).min(bytes.len());
+            Some((Ok::<_, std::io::Error>(bytes.slice(pos..end)), end))
+        }
+    })
 }
 
 /// Whether the request's `Accept` (several lines or comma-joined) takes `media_type`;
