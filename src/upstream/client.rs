@@ -504,3 +504,32 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     }
     cause.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn upstream(url: &str) -> Upstream {
+        let config = Config::parse(&format!(
+            "[upstreams.\"x.io\"]\nurl = \"{url}\"\nusername = \"u\"\npassword = \"p\"\ncredential_hosts = [\"auth.x.io\", \"tokens.x.io:8443\"]\n"
+        ))
+        .unwrap();
+        Upstream::new(config.upstreams["x.io"].clone()).unwrap()
+    }
+
+    #[test]
+    fn credentials_stay_with_their_hosts_and_scheme() {
+        let up = upstream("https://x.io");
+        let may = |realm: &str| up.may_receive_credentials(&Url::parse(realm).unwrap());
+        assert!(may("https://x.io/token"));
+        assert!(may("https://auth.x.io/token"));
+        assert!(may("https://auth.x.io:444/token"));
+        assert!(may("https://tokens.x.io:8443/token"));
+        // Never downgraded to plain HTTP, never another port than listed.
+        assert!(!may("http://auth.x.io/token"));
+        assert!(!may("http://x.io/token"));
+        assert!(!may("https://tokens.x.io/token"));
+        assert!(!may("https://evil.io/token"));
+    }
+}
