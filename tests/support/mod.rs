@@ -12,6 +12,7 @@ pub mod lank8s;
 pub mod registry;
 pub mod runnable;
 pub mod skopeo;
+pub mod storage;
 pub mod tap;
 pub mod token;
 
