@@ -217,7 +217,9 @@ fn check(file: &std::path::Path) -> ExitCode {
 
     // Operators publish these for firewalls: with redirects on, clients
     // fetch blobs from there, not from lank8s.
-    if config.dispatch.mode == crate::config::DeliveryMode::Redirect {
+    let redirects = config.dispatch.mode == crate::config::DeliveryMode::Redirect
+        || !config.dispatch.regions.is_empty();
+    if redirects {
         let hosts = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -227,10 +229,20 @@ fn check(file: &std::path::Path) -> ExitCode {
                     .map_err(|e| e.to_string())
             });
         match hosts {
-            Ok(hosts) => println!(
-                "redirect hosts (clients fetch blobs from): {}",
-                hosts.join(", ")
-            ),
+            Ok(mut hosts) => {
+                for target in &config.dispatch.targets {
+                    let example = target.url.replace("{key}", "k").replace("{digest}", "d");
+                    let host = url::Url::parse(&example)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_owned));
+                    hosts.extend(host);
+                }
+                hosts.dedup();
+                println!(
+                    "redirect hosts (clients fetch blobs from): {}",
+                    hosts.join(", ")
+                );
+            }
             Err(err) => {
                 eprintln!("{}: invalid: storage: {err}", file.display());
                 return ExitCode::from(EXIT_BAD_CONFIG);

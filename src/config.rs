@@ -69,6 +69,8 @@ fn invalid(key: &str, why: impl std::fmt::Display) -> ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub domain: Option<String>,
     pub default_upstream: String,
     pub hosts: BTreeMap<String, String>,
@@ -128,6 +130,28 @@ pub enum DeliveryMode {
 pub struct DispatchConfig {
     pub mode: DeliveryMode,
     pub presign_expiry: Duration,
+    /// Named places a client may be sent to besides the store: a CDN or a
+    /// replica bucket, as a URL template with `{key}` and `{digest}`.
+    pub targets: Vec<TargetConfig>,
+    /// Client networks and the ordered targets tried for them.
+    pub regions: Vec<RegionConfig>,
+}
+
+/// The built-in target names: `store` (a presigned URL of the object
+/// store) and `self` (this node streams the bytes).
+pub const TARGET_STORE: &str = "store";
+pub const TARGET_SELF: &str = "self";
+
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    pub name: String,
+    pub url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RegionConfig {
+    pub networks: Vec<ipnet::IpNet>,
+    pub targets: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +219,7 @@ impl std::fmt::Debug for Credentials {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
     data_dir: Option<PathBuf>,
     domain: Option<String>,
     default_upstream: Option<String>,
@@ -232,6 +257,24 @@ struct RawDispatch {
     mode: Option<String>,
     #[serde(default, with = "humantime_serde")]
     presign_expiry: Option<Duration>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    #[serde(default)]
+    regions: Vec<RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    networks: Vec<String>,
+    targets: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -361,6 +404,12 @@ impl Config {
             ));
         }
 
+        let trusted_proxies = raw
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|n| parse_network(n).map_err(|why| invalid("trusted_proxies", why)))
+            .collect::<Result<Vec<_>, _>>()?;
         let storage = resolve_storage(raw.storage)?;
         let dispatch = resolve_dispatch(raw.dispatch, &storage)?;
 
@@ -368,6 +417,7 @@ impl Config {
         Ok(Config {
             listen,
             data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            trusted_proxies,
             domain,
             default_upstream,
             hosts,
@@ -461,10 +511,76 @@ fn resolve_dispatch(
             "must be between 10s and 7 days",
         ));
     }
+
+    let mut targets = Vec::new();
+    for (i, target) in raw.targets.into_iter().enumerate() {
+        let key = |field: &str| format!("dispatch.targets[{i}].{field}");
+        let reserved = [TARGET_STORE, TARGET_SELF].contains(&target.name.as_str());
+        if target.name.is_empty()
+            || reserved
+            || targets.iter().any(|t: &TargetConfig| t.name == target.name)
+        {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} is empty, reserved or used twice", target.name),
+            ));
+        }
+        if !target.url.contains("{key}") && !target.url.contains("{digest}") {
+            return Err(invalid(&key("url"), "must contain {key} or {digest}"));
+        }
+        let example = target.url.replace("{key}", "k").replace("{digest}", "d");
+        match Url::parse(&example) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
+            _ => {
+                return Err(invalid(
+                    &key("url"),
+                    format!("{:?} is not an http(s) URL template", target.url),
+                ));
+            }
+        }
+        targets.push(TargetConfig {
+            name: target.name,
+            url: target.url,
+        });
+    }
+
+    let mut regions = Vec::new();
+    for (i, region) in raw.regions.into_iter().enumerate() {
+        let key = |field: &str| format!("dispatch.regions[{i}].{field}");
+        let networks = region
+            .networks
+            .iter()
+            .map(|n| parse_network(n).map_err(|why| invalid(&key("networks"), why)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for name in &region.targets {
+            let known = name == TARGET_SELF
+                || (name == TARGET_STORE && !matches!(storage, StorageConfig::Fs))
+                || targets.iter().any(|t| t.name == *name);
+            if !known {
+                return Err(invalid(
+                    &key("targets"),
+                    format!("no target named {name:?} (\"store\" needs an object store)"),
+                ));
+            }
+        }
+        regions.push(RegionConfig {
+            networks,
+            targets: region.targets,
+        });
+    }
     Ok(DispatchConfig {
         mode,
         presign_expiry,
+        targets,
+        regions,
     })
+}
+
+/// A network such as `10.0.0.0/8`, or one address (a /32 or /128).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or network such as 10.0.0.0/8"))
 }
 
 /// A key path written the way the rest of lank8s writes it: names with a
@@ -777,6 +893,46 @@ mod tests {
         assert_eq!(config.dispatch.presign_expiry, Duration::from_secs(600));
         assert!(!format!("{config:?}").contains("hidden"));
         assert!(matches!(Config::embedded().storage, StorageConfig::Fs));
+    }
+
+    #[test]
+    fn regions_name_known_targets() {
+        let config = Config::parse(
+            "trusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n[storage]\nbackend = \"s3\"\nbucket = \"b\"\n[[dispatch.targets]]\nname = \"cdn\"\nurl = \"https://cdn.example.com/{key}\"\n[[dispatch.regions]]\nnetworks = [\"192.0.2.0/24\"]\ntargets = [\"cdn\", \"store\", \"self\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.dispatch.regions[0].targets, ["cdn", "store", "self"]);
+        let cases = [
+            (
+                "[[dispatch.regions]]\nnetworks = [\"x\"]\ntargets = []",
+                "dispatch.regions[0].networks",
+            ),
+            (
+                "[[dispatch.regions]]\nnetworks = [\"10.0.0.0/8\"]\ntargets = [\"nope\"]",
+                "dispatch.regions[0].targets",
+            ),
+            (
+                "[[dispatch.regions]]\nnetworks = [\"10.0.0.0/8\"]\ntargets = [\"store\"]",
+                "dispatch.regions[0].targets",
+            ),
+            (
+                "[[dispatch.targets]]\nname = \"store\"\nurl = \"https://x/{key}\"",
+                "dispatch.targets[0].name",
+            ),
+            (
+                "[[dispatch.targets]]\nname = \"c\"\nurl = \"https://x/fixed\"",
+                "dispatch.targets[0].url",
+            ),
+            ("trusted_proxies = [\"everyone\"]", "trusted_proxies"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(key),
+                "{text:?} gave {err:?}, which does not name {key}"
+            );
+        }
     }
 
     #[test]

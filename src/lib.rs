@@ -3,6 +3,7 @@
 //! - `cli`: the command line; `config`: typed configuration and defaults.
 //! - `http`: the server, access log and the /v2 pull API.
 //! - `routing`: which upstream and repository a request is for.
+//! - `dispatch`: how a blob leaves (stream, or redirect by client network).
 //! - `hosts`: client configuration generated for a mirror address.
 //! - `mirror`: the core assembled from configuration.
 //! - `cache`: manifests, blobs, the on-disk store and the single-flight fill.
@@ -14,6 +15,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod hosts;
 pub mod http;
 pub mod mirror;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use crate::cache::blobs::BlobCache;
 use crate::cache::manifests::ManifestCache;
 use crate::cache::store::Store;
-use crate::config::{Config, DispatchConfig};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::routing::Router;
 use crate::upstream::Upstream;
 
@@ -16,8 +17,8 @@ pub struct Mirror {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub manifests: ManifestCache,
     pub blobs: BlobCache,
-    pub store: Arc<Store>,
-    pub dispatch: DispatchConfig,
+    pub dispatcher: Dispatcher,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +54,21 @@ impl Mirror {
             upstreams.insert(name.clone(), Arc::new(client));
         }
 
+        let dispatcher =
+            Dispatcher::new(config.dispatch.clone(), store.clone()).map_err(|source| {
+                StartError::Upstream {
+                    name: "redirect target probes".into(),
+                    source,
+                }
+            })?;
+
         Ok(Mirror {
             router: Router::new(config),
             upstreams,
             manifests: ManifestCache::new(store.clone(), config.cache.manifest_memory_bytes),
             blobs: BlobCache::new(store.clone()),
-            store,
-            dispatch: config.dispatch.clone(),
+            dispatcher,
+            trusted_proxies: config.trusted_proxies.clone(),
         })
     }
 }

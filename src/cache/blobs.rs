@@ -142,6 +142,18 @@ impl BlobCache {
         Ok((size, CacheResult::Pass))
     }
 
+    /// The object-store key of `digest` when the store holds it (never on
+    /// local disk, which has nothing to redirect to).
+    pub async fn stored_key(&self, digest: &Digest) -> Option<String> {
+        if !self.store.is_remote() {
+            return None;
+        }
+        match self.stored(digest).await?.source {
+            Source::Remote { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     fn running(&self, key: &FillKey) -> Option<Arc<Fill>> {
         let fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
         fills.get(key).cloned()

@@ -1,8 +1,10 @@
 //! The /v2 pull API: parse the request, route it, answer from the core,
 //! and turn every failure into OCI error JSON.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{
@@ -13,9 +15,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::listing;
 use super::range::{self, RangeAnswer};
-use super::server::LogContext;
+use super::server::{ClientAddr, LogContext};
+use crate::cache::CacheResult;
 use crate::cache::fill::{Source, read_range};
-use crate::config::DeliveryMode;
+use crate::dispatch::Decision;
 use crate::mirror::Mirror;
 use crate::oci::error::RegistryError;
 use crate::oci::media::Accept;
@@ -34,12 +37,19 @@ pub async fn base(method: Method) -> Response {
 /// Every other /v2 request.
 pub async fn handle(
     State(mirror): State<Arc<Mirror>>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let mut log = LogContext::default();
-    let response = match answer(&mirror, &method, &uri, &headers, &mut log).await {
+    let request = Request {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        client,
+    };
+    let response = match answer(&mirror, &request, &mut log).await {
         Ok(response) => response,
         Err(err) => error_response(&err),
     };
@@ -53,13 +63,26 @@ pub async fn handle(
     response
 }
 
+/// What a handler needs to know of the request.
+struct Request<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    /// The client's address, through trusted proxies.
+    client: IpAddr,
+}
+
 async fn answer(
     mirror: &Mirror,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    request: &Request<'_>,
     log: &mut LogContext,
 ) -> Result<Response, RegistryError> {
+    let Request {
+        method,
+        uri,
+        headers,
+        ..
+    } = *request;
     let (name, endpoint) = parse_path(uri.path())
         .ok_or_else(|| RegistryError::unsupported("not a registry API path"))?;
     match endpoint {
@@ -109,8 +132,7 @@ async fn answer(
                 upstream,
                 &route,
                 &Digest::parse(&digest)?,
-                headers,
-                head,
+                request,
                 log,
             )
             .await
@@ -164,10 +186,10 @@ async fn blob(
     upstream: &Arc<Upstream>,
     route: &Route,
     digest: &Digest,
-    headers: &HeaderMap,
-    head: bool,
+    request: &Request<'_>,
     log: &mut LogContext,
 ) -> Result<Response, RegistryError> {
+    let head = *request.method == Method::HEAD;
     if head {
         let (size, cache) = mirror
             .blobs
@@ -182,32 +204,28 @@ async fn blob(
         ));
     }
 
+    // A redirect sends the client to a target that already holds the blob
+    // (the store, a CDN, a replica), which honours Range itself; otherwise
+    // this node streams, filling from upstream if need be.
+    if !mirror.dispatcher.streams_first(request.client) {
+        let stored_key = mirror.blobs.stored_key(digest).await;
+        let decision = mirror
+            .dispatcher
+            .decide(request.client, digest, stored_key.as_deref())
+            .await;
+        if let Decision::Redirect { url, target } = decision {
+            log.cache = Some(CacheResult::Hit);
+            log.redirect = Some(target);
+            return redirect(&url);
+        }
+    }
+
     let opened = mirror
         .blobs
         .open(upstream, &route.repository, digest)
         .await?;
     log.cache = Some(opened.cache);
-    let range_header = headers.get(RANGE).and_then(|r| r.to_str().ok());
-
-    // In redirect mode a stored blob is fetched by the client from the
-    // store itself, which honours Range; a blob still filling streams.
-    if let Source::Remote { key, .. } = &opened.source {
-        if mirror.dispatch.mode == DeliveryMode::Redirect {
-            match mirror
-                .store
-                .presign(key, mirror.dispatch.presign_expiry)
-                .await
-            {
-                Ok(url) => {
-                    log.via_redirect = true;
-                    return redirect(&url);
-                }
-                Err(e) => {
-                    tracing::warn!(%digest, error = %e, "cannot presign a blob URL; streaming it instead")
-                }
-            }
-        }
-    }
+    let range_header = request.headers.get(RANGE).and_then(|r| r.to_str().ok());
 
     let size = match (opened.size, &opened.source, range_header) {
         (Some(size), _, _) => size,

@@ -1,7 +1,7 @@
 //! The HTTP server: routes, the access log (one line per request, written
 //! when the body has been sent or abandoned), and graceful shutdown.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,8 +33,8 @@ pub struct LogContext {
     pub reference: Option<String>,
     pub via: Option<&'static str>,
     pub cache: Option<CacheResult>,
-    /// The blob was answered with a redirect to the store.
-    pub via_redirect: bool,
+    /// The redirect target a blob was sent to, if any.
+    pub redirect: Option<String>,
 }
 
 /// How long a client may take to send its request headers.
@@ -67,7 +67,7 @@ pub fn app(mirror: Arc<Mirror>) -> Router {
         .route("/{registry}/v2/{*rest}", any(registry::handle))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(mirror.clone(), access_log))
         .with_state(mirror)
 }
 
@@ -159,15 +159,28 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn access_log(request: Request, next: Next) -> Response {
+/// The client's address as lank8s believes it: the peer, or what trusted
+/// proxies forwarded.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
+
+async fn access_log(
+    State(mirror): State<Arc<Mirror>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
-    let client = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
-        .unwrap_or_default();
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let client_ip =
+        crate::dispatch::client_address(peer, request.headers(), &mirror.trusted_proxies);
+    request.extensions_mut().insert(ClientAddr(client_ip));
+    let client = client_ip.to_string();
 
     // If the client goes away before the handler answers, the future is
     // dropped here and the pending line is still written.
@@ -253,7 +266,8 @@ impl AccessLine {
             duration_ms = self.started.elapsed().as_millis() as u64,
             client = %self.client,
             outcome,
-            redirect = c.via_redirect,
+            redirect = c.redirect.is_some(),
+            target = c.redirect.as_deref().unwrap_or(""),
             error = self.error.as_deref().unwrap_or(""),
             "request"
         );
