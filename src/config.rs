@@ -142,10 +142,23 @@ pub struct DispatchConfig {
 pub const TARGET_STORE: &str = "store";
 pub const TARGET_SELF: &str = "self";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TargetConfig {
     pub name: String,
     pub url: String,
+    /// The key for CDN URL authentication ("type A": an `auth_key` query
+    /// parameter of timestamp, nonce and an MD5 over the path and this key).
+    pub sign_key: Option<String>,
+}
+
+impl std::fmt::Debug for TargetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("signed", &self.sign_key.is_some())
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +281,7 @@ struct RawDispatch {
 struct RawTarget {
     name: String,
     url: String,
+    sign_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -538,9 +552,13 @@ fn resolve_dispatch(
                 ));
             }
         }
+        if target.sign_key.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(&key("sign_key"), "must not be empty"));
+        }
         targets.push(TargetConfig {
             name: target.name,
             url: target.url,
+            sign_key: target.sign_key,
         });
     }
 
