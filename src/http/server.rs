@@ -267,7 +267,7 @@ impl AccessLine {
             client = %self.client,
             outcome,
             redirect = c.redirect.is_some(),
-            target = c.redirect.as_deref().unwrap_or(""),
+            redirect_to = c.redirect.as_deref().unwrap_or(""),
             error = self.error.as_deref().unwrap_or(""),
             "request"
         );
