@@ -5,11 +5,18 @@ Input: a tab-separated file, one line per (metric, target, round):
 
     <metric>\t<target>\t<json>
 
-where <target> is one of lank8s / distribution / nginx and <json> is either
-the BENCH_RESULT object printed by bench/summary.lua (wrk runs) or
-{"hwm_kib": N, "rss_before_kib": N} (peak RSS).  No line means "not
+where <target> is one of lank8s / distribution / nginx (and, for the
+storage rows, lank8s-s3 / upstream) and <json> is either the BENCH_RESULT
+object printed by bench/summary.lua (wrk runs), {"hwm_kib": N,
+"rss_before_kib": N} (peak RSS) or {"starttransfer_s": S, "total_s": S,
+"bytes": N} (one curl GET of an uncached blob).  No line means "not
 measured" (n/a).  With several rounds the table shows the median (the
 maximum for RSS) and a note gives the spread.
+
+Every row fills the three value columns (lank8s, distribution proxy, nginx)
+from targets named in its entry of METRICS: the storage rows put lank8s-fs
+(the lank8s above) or lank8s-s3 in the lank8s column and, where an anchor
+applies, the upstream registry GET directly in the distribution column.
 
 Output: the markdown report on stdout and in --out.
 """
@@ -22,20 +29,52 @@ import sys
 TARGETS = ("lank8s", "distribution", "nginx")
 MIB = 1024 * 1024
 
-# metric key -> (label, unit, how to read the value, targets)
+COLUMNS = TARGETS  # the three value columns, in table order
+SAME = dict(zip(COLUMNS, TARGETS))
+
+
+def storage_cols(lank8s, anchor=None):
+    """Value columns of a storage row: lank8s-fs/-s3 and the upstream anchor."""
+    return {"lank8s": lank8s, "distribution": anchor, "nginx": None}
+
+
+FS, S3 = "lank8s", "lank8s-s3"  # lank8s-fs is the lank8s of the rows above
+
+# (metric key, label, unit, how to read the value, targets, value columns)
 # A target is (kind, number): ("x", ("nginx", 0.9)) means lank8s >= 0.9 x nginx;
-# ("max", 64) means lank8s <= 64 (in the metric's unit).
+# ("max", 64) means lank8s <= 64 (in the metric's unit).  The value columns
+# map each table column to the <target> whose lines fill it (None: n/a).
 METRICS = [
     ("blob_1c", "large blob GET, 1 connection", "MiB/s", "mibps",
-     [("x", "nginx", 0.9)]),
+     [("x", "nginx", 0.9)], SAME),
     ("blob_16c", "large blob GET, 16 connections", "MiB/s", "mibps",
-     [("x", "nginx", 0.9)]),
+     [("x", "nginx", 0.9)], SAME),
     ("manifest_tag", "manifest GET by tag, 64 connections", "req/s", "rps",
-     [("x", "distribution", 20.0), ("x", "nginx", 0.5)]),
+     [("x", "distribution", 20.0), ("x", "nginx", 0.5)], SAME),
     ("manifest_digest", "manifest GET by digest, 64 connections", "req/s", "rps",
-     [("x", "distribution", 20.0), ("x", "nginx", 0.5)]),
+     [("x", "distribution", 20.0), ("x", "nginx", 0.5)], SAME),
     ("rss_16c", "peak RSS during the 16-connection blob run", "MiB", "rss",
-     [("max", None, 64.0)]),
+     [("max", None, 64.0)], SAME),
+    ("cold", "cold fill, uncached large blob GET, 1 client, lank8s-fs "
+     "(anchor: upstream direct)", "MiB/s", "curl_mibps", [],
+     storage_cols(FS, "upstream")),
+    ("cold", "cold fill, uncached large blob GET, 1 client, lank8s-s3 "
+     "(anchor: upstream direct)", "MiB/s", "curl_mibps", [],
+     storage_cols(S3, "upstream")),
+    ("cold", "time to first byte, uncached large blob, lank8s-fs "
+     "(anchor: upstream direct)", "ms", "ttfb", [],
+     storage_cols(FS, "upstream")),
+    ("cold", "time to first byte, uncached large blob, lank8s-s3 "
+     "(anchor: upstream direct)", "ms", "ttfb", [],
+     storage_cols(S3, "upstream")),
+    ("warm_1c", "warm serve of the filled blob, 1 connection, lank8s-fs",
+     "MiB/s", "mibps", [], storage_cols(FS)),
+    ("warm_1c", "warm serve of the filled blob, 1 connection, lank8s-s3",
+     "MiB/s", "mibps", [], storage_cols(S3)),
+    ("warm_16c", "warm serve of the filled blob, 16 connections, lank8s-fs",
+     "MiB/s", "mibps", [], storage_cols(FS)),
+    ("warm_16c", "warm serve of the filled blob, 16 connections, lank8s-s3",
+     "MiB/s", "mibps", [], storage_cols(S3)),
 ]
 
 ERROR_FIELDS = ("err_connect", "err_read", "err_write", "err_status", "err_timeout")
@@ -66,6 +105,11 @@ def value_of(kind, obj):
         return None
     if kind == "rss":
         return obj["hwm_kib"] / 1024.0
+    if kind == "ttfb":
+        return obj["starttransfer_s"] * 1000.0
+    if kind == "curl_mibps":
+        secs = obj["total_s"]
+        return obj["bytes"] / MIB / secs if secs > 0 else None
     secs = obj["duration_us"] / 1e6
     if secs <= 0:
         return None
@@ -111,32 +155,35 @@ def main():
     met_count = checked = 0
 
     spreads = []
-    for key, label, unit, kind, targets in METRICS:
+    for key, label, unit, kind, targets, columns in METRICS:
         vals, cells = {}, {}
         bad = False
         spread = []
-        for t in TARGETS:
-            objs = data.get((key, t), [])
+        for col in COLUMNS:
+            t = columns[col]
+            objs = data.get((key, t), []) if t else []
             per_round = [value_of(kind, o) for o in objs]
             v = combine(kind, per_round)
-            vals[t] = v
+            vals[col] = v
             if len(per_round) > 1 and v is not None:
                 spread.append(f"{t} {fmt_value(kind, min(per_round))}–"
                               f"{fmt_value(kind, max(per_round))}")
             cell = fmt_value(kind, v)
+            # Storage rows name their lank8s in the label already.
+            who = label if t and t in label else f"{label} / {t}"
             errs = errors_of(objs)
             if errs:
                 # Timeouts alone only mean a request outlived wrk's clock;
                 # anything else means some responses were wrong or cut.
                 serious = {k: n for k, n in errs.items() if k != "timeout"}
                 cell += " ⚠"
-                footnotes.append(f"{label} / {t}: wrk errors {errs}")
-                if t == "lank8s" and serious:
+                footnotes.append(f"{who}: wrk errors {errs}")
+                if col == "lank8s" and serious:
                     bad = True
             if any(o.get("requests", 1) == 0 for o in objs):
-                footnotes.append(f"{label} / {t}: no request completed within "
+                footnotes.append(f"{who}: no request completed within "
                                  "a run (bytes still counted)")
-            cells[t] = cell
+            cells[col] = cell
         if spread:
             spreads.append(f"{label}: " + ", ".join(spread))
 
@@ -169,7 +216,7 @@ def main():
             cells["lank8s"], cells["distribution"], cells["nginx"],
             fmt_ratio(vals["lank8s"], vals["distribution"]),
             fmt_ratio(vals["lank8s"], vals["nginx"]),
-            "; ".join(descs), met,
+            "; ".join(descs) or "—", met,
         ])
 
     header = ["metric", "lank8s", "distribution proxy", "nginx",
