@@ -22,6 +22,8 @@ use crate::upstream::Upstream;
 const READ_CHUNK: u64 = 256 * 1024;
 /// How many bytes already received from upstream are written in one go.
 const WRITE_BATCH: usize = 1 << 20;
+/// Batches waiting for the spool thread; bounds a fill's memory.
+const SPOOL_QUEUE: usize = 4;
 
 /// Where a fill stands. Clients poll it through a watch channel.
 #[derive(Clone, Debug)]
@@ -71,7 +73,7 @@ impl Fill {
             repository,
             digest,
             temp,
-            state: state_tx,
+            state: Arc::new(state_tx),
         };
         let temp = task.temp.clone();
         tokio::spawn(async move {
@@ -141,7 +143,8 @@ struct FillTask {
     repository: String,
     digest: Digest,
     temp: PathBuf,
-    state: watch::Sender<FillState>,
+    /// Shared with the spool thread, which publishes progress.
+    state: Arc<watch::Sender<FillState>>,
 }
 
 impl FillTask {
@@ -196,65 +199,81 @@ impl FillTask {
         };
 
         let mut body = response.bytes_stream();
-        let mut writer = writer;
-        let mut hasher = Hasher::new(self.digest.algorithm());
-        let mut written: u64 = 0;
         let cut = |e: reqwest::Error| {
             RegistryError::bad_gateway(format!("{name} cut the blob stream: {e}"))
         };
 
-        while let Some(first) = body.next().await {
-            // Take whatever else has already arrived, so that a fast
-            // upstream is written in large batches and a slow one promptly.
-            let mut batch = first.map_err(cut)?.to_vec();
-            batch.reserve(WRITE_BATCH.saturating_sub(batch.len()));
-            while batch.len() < WRITE_BATCH {
-                match body.next().now_or_never() {
-                    Some(Some(chunk)) => batch.extend_from_slice(&chunk.map_err(cut)?),
-                    _ => break,
+        // Hashing and writing run on a thread of their own, fed through a
+        // short queue, so reading from upstream overlaps them; the thread
+        // publishes each batch once it is on disk.
+        let (batches, mut queued) = tokio::sync::mpsc::channel::<Bytes>(SPOOL_QUEUE);
+        let state = self.state.clone();
+        let mut hasher = Hasher::new(self.digest.algorithm());
+        let spool = tokio::task::spawn_blocking(move || {
+            let mut writer = writer;
+            let mut written: u64 = 0;
+            while let Some(batch) = queued.blocking_recv() {
+                hasher.update(&batch);
+                writer.write_all(&batch)?;
+                written += batch.len() as u64;
+                // Hold back the last byte until the digest is checked,
+                // whether or not upstream said how long the blob is.
+                let available = match size {
+                    Some(size) => written.min(size.saturating_sub(1)),
+                    None => written.saturating_sub(1),
+                };
+                state.send_replace(FillState::Streaming { size, available });
+            }
+            Ok::<_, std::io::Error>((writer, hasher, written))
+        });
+
+        let received = async {
+            let mut received: u64 = 0;
+            while let Some(first) = body.next().await {
+                // Take whatever else has already arrived, so that a fast
+                // upstream is written in large batches and a slow one promptly.
+                let mut batch = first.map_err(cut)?.to_vec();
+                batch.reserve(WRITE_BATCH.saturating_sub(batch.len()));
+                while batch.len() < WRITE_BATCH {
+                    match body.next().now_or_never() {
+                        Some(Some(chunk)) => batch.extend_from_slice(&chunk.map_err(cut)?),
+                        _ => break,
+                    }
+                }
+                received += batch.len() as u64;
+                if size.is_some_and(|s| received > s) {
+                    return Err(RegistryError::bad_gateway(format!(
+                        "{name} sent more bytes than it declared"
+                    )));
+                }
+                let batch = Bytes::from(batch);
+                if batches.send(batch.clone()).await.is_err() {
+                    break; // the spool thread failed; its error is below
+                }
+                if let Some(writer) = upload.as_mut() {
+                    if let Err(e) = writer.write(batch).await {
+                        // The store failing must not fail the clients: they
+                        // are served from the spool, and the blob is fetched
+                        // again next time.
+                        tracing::warn!(digest = %self.digest, error = %e, "upload to the cache store failed; streaming only");
+                        let _ = writer.abort().await;
+                        *upload = None;
+                    }
                 }
             }
-            written += batch.len() as u64;
-            if size.is_some_and(|s| written > s) {
-                return Err(RegistryError::bad_gateway(format!(
-                    "{name} sent more bytes than it declared"
-                )));
-            }
+            Ok(received)
+        }
+        .await;
 
-            // Hashing and writing both cost CPU time that would otherwise
-            // stall the runtime's worker; do them off it.
-            let batch = Bytes::from(batch);
-            let spooled = batch.clone();
-            let (w, h, result) = tokio::task::spawn_blocking(move || {
-                hasher.update(&spooled);
-                let result = writer.write_all(&spooled);
-                (writer, hasher, result)
-            })
+        // Always wait for the spool thread, so that it can no longer publish
+        // progress once the fill has been declared failed.
+        drop(batches);
+        let spooled = spool
             .await
             .map_err(|e| RegistryError::internal(format!("fill writer failed: {e}")))?;
-            (writer, hasher) = (w, h);
-            result
-                .map_err(|e| RegistryError::internal(format!("cannot write to the cache: {e}")))?;
-            if let Some(writer) = upload.as_mut() {
-                if let Err(e) = writer.write(batch).await {
-                    // The store failing must not fail the clients: they are
-                    // served from the spool, and the blob is fetched again
-                    // next time.
-                    tracing::warn!(digest = %self.digest, error = %e, "upload to the cache store failed; streaming only");
-                    let _ = writer.abort().await;
-                    *upload = None;
-                }
-            }
-
-            // Hold back the last byte until the digest is checked, whether
-            // or not upstream said how long the blob is.
-            let available = match size {
-                Some(size) => written.min(size.saturating_sub(1)),
-                None => written.saturating_sub(1),
-            };
-            self.state
-                .send_replace(FillState::Streaming { size, available });
-        }
+        received?;
+        let (writer, hasher, written) = spooled
+            .map_err(|e| RegistryError::internal(format!("cannot write to the cache: {e}")))?;
 
         if size.is_some_and(|s| written != s) {
             return Err(RegistryError::bad_gateway(format!(
