@@ -155,12 +155,16 @@ async fn put_list_get_presign_and_survive_restart() {
     garage.delete_object("other/x").await;
     garage.stop();
     assert!(!garage.is_running());
+    // Refused, or reset if the kernel still held the listening socket for
+    // a moment after the kill: either way it fails fast.
+    let asked = Instant::now();
     let err = client
         .get(garage.presigned_get_url("blobs/sha256/small", Duration::from_secs(60)))
         .send()
         .await
         .expect_err("Garage is stopped");
-    assert!(err.is_connect(), "{err}");
+    assert!(err.is_connect() || err.is_request(), "{err}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "{err}");
 
     let restarted = Instant::now();
     garage.restart().await;
