@@ -10,20 +10,6 @@ use support::*;
 
 const REPO: &str = "faults/app";
 const MIB: usize = 1024 * 1024;
-/// What a broad client (containerd, skopeo) asks for.
-const BROAD_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.v2+json";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build reqwest client")
-}
 
 /// A GET as the client saw it, whose body may have failed part way.
 struct Outcome {
@@ -33,7 +19,7 @@ struct Outcome {
 }
 
 async fn get(url: &str) -> Outcome {
-    match client()
+    match http_client()
         .get(url)
         .header("accept", BROAD_ACCEPT)
         .send()
@@ -166,7 +152,7 @@ async fn html_with_200_for_a_manifest_is_502_and_not_cached() {
     let lank8s = Lank8s::start(&upstream_table(&fault.url(), "")).await;
     let url = format!("{}{path}", lank8s.url());
 
-    let resp = client()
+    let resp = http_client()
         .get(&url)
         .header("accept", BROAD_ACCEPT)
         .send()
@@ -190,7 +176,7 @@ async fn html_with_200_for_a_manifest_is_502_and_not_cached() {
     );
 
     fault.clear(&path);
-    let resp = client()
+    let resp = http_client()
         .get(&url)
         .header("accept", BROAD_ACCEPT)
         .send()
@@ -220,7 +206,7 @@ async fn upstream_429_is_429_with_retry_after() {
     fault.set(&path, Behaviour::TooManyRequests);
     let lank8s = Lank8s::start(&upstream_table(&fault.url(), "")).await;
 
-    let resp = client()
+    let resp = http_client()
         .get(format!("{}{path}", lank8s.url()))
         .header("accept", BROAD_ACCEPT)
         .send()
@@ -252,7 +238,7 @@ async fn upstream_500_is_502_after_retry_and_404_stays_404() {
     let ask = |path: String| {
         let url = format!("{}{path}", lank8s.url());
         async move {
-            let resp = client()
+            let resp = http_client()
                 .get(url)
                 .header("accept", BROAD_ACCEPT)
                 .send()
@@ -310,7 +296,7 @@ async fn slow_upstream_is_504_within_the_timeout() {
 
     for path in [&manifest, &blob] {
         let started = Instant::now();
-        let resp = client()
+        let resp = http_client()
             .get(format!("{}{path}", lank8s.url()))
             .header("accept", BROAD_ACCEPT)
             .send()
@@ -337,7 +323,7 @@ async fn unreachable_upstream_is_502_quickly() {
     let digest = digest_of(b"nothing here");
     for path in [manifest_path(REPO, "v1"), blob_path(REPO, &digest)] {
         let started = Instant::now();
-        let resp = client()
+        let resp = http_client()
             .get(format!("{}{path}", lank8s.url()))
             .header("accept", BROAD_ACCEPT)
             .send()

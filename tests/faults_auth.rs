@@ -3,21 +3,11 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use support::fault::{blob_path, manifest_path, upstream_table};
 use support::*;
 
 const REPO: &str = "auth/app";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build reqwest client")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redirected_blob_is_fetched_without_sending_credentials_to_storage() {
@@ -98,7 +88,7 @@ async fn a_token_refused_mid_pull_is_replaced() {
     let fetch = |path: String| {
         let url = format!("{}{path}", lank8s.url());
         async move {
-            let resp = client().get(url).send().await.unwrap();
+            let resp = http_client().get(url).send().await.unwrap();
             let status = resp.status().as_u16();
             (status, resp.bytes().await.unwrap())
         }

@@ -13,18 +13,9 @@ const REPO: &str = "cache/app";
 /// Longer than a `tag_ttl` of 1 s, counted in whole seconds.
 const PAST_TTL: Duration = Duration::from_millis(1500);
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build reqwest client")
-}
-
 /// GET of a manifest through lank8s with every manifest type accepted.
 async fn get_manifest(lank8s: &Lank8s, path: &str) -> reqwest::Response {
-    client()
+    http_client()
         .get(format!("{}{path}", lank8s.url()))
         .header(
             "accept",

@@ -13,18 +13,9 @@ use support::*;
 const REPO: &str = "hardening/blobs";
 const MIB: usize = 1024 * 1024;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build reqwest client")
-}
-
 /// GET `url`: status and the body, or how reading it failed.
 async fn get(url: String) -> (u16, Result<Bytes, String>) {
-    match client().get(&url).send().await {
+    match http_client().get(&url).send().await {
         Err(e) => (0, Err(format!("request failed: {e}"))),
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -349,7 +340,7 @@ async fn a_slow_redirect_chain_shares_one_deadline() {
     let lank8s = Lank8s::start(&upstream_table(&fault.url(), "timeout = \"2s\"")).await;
 
     let started = Instant::now();
-    let resp = client()
+    let resp = http_client()
         .get(format!("{}{path}", lank8s.url()))
         .send()
         .await

@@ -13,24 +13,10 @@ use support::images::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use support::*;
 
 const REPO: &str = "hardening/http";
-/// What a broad client (containerd, skopeo) asks for.
-const BROAD_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.v2+json";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build reqwest client")
-}
 
 /// GET of a manifest with exactly this `Accept`: status, Content-Type, digest, body.
 async fn get_manifest(lank8s: &Lank8s, path: &str, accept: &str) -> (u16, String, String, Bytes) {
-    let resp = client()
+    let resp = http_client()
         .get(format!("{}{path}", lank8s.url()))
         .header("accept", accept)
         .send()
@@ -148,7 +134,7 @@ async fn a_manifest_that_is_not_a_json_object_is_502_and_not_cached() {
 
     for (reference, _, _) in &cases {
         let path = manifest_path(REPO, reference);
-        let resp = client()
+        let resp = http_client()
             .get(format!("{}{path}", lank8s.url()))
             .header("accept", BROAD_ACCEPT)
             .send()
@@ -210,7 +196,7 @@ async fn a_head_answered_with_an_error_is_logged_complete() {
     let blob = support::fault::blob_path(REPO, &digest_of(b"missing"));
 
     for path in [&manifest, &blob] {
-        let resp = client()
+        let resp = http_client()
             .head(format!("{}{path}", lank8s.url()))
             .send()
             .await

@@ -14,19 +14,14 @@ const MIB: usize = 1024 * 1024;
 /// Longer than a `tag_ttl` of 1 s, counted in whole seconds.
 const PAST_TTL: Duration = Duration::from_millis(1500);
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build reqwest client")
-}
-
 /// GET through lank8s: status, headers and the whole body; status 0 and an
 /// empty body when the connection failed (as when lank8s panics).
 async fn fetch(lank8s: &Lank8s, path: &str) -> (u16, reqwest::header::HeaderMap, Bytes) {
-    let resp = match client().get(format!("{}{path}", lank8s.url())).send().await {
+    let resp = match http_client()
+        .get(format!("{}{path}", lank8s.url()))
+        .send()
+        .await
+    {
         Ok(resp) => resp,
         Err(_) => return (0, Default::default(), Bytes::new()),
     };
@@ -133,7 +128,7 @@ async fn a_token_answer_too_large_to_read_is_502_at_once() {
     let path = manifest_path(REPO, "v1");
 
     let started = Instant::now();
-    let resp = client()
+    let resp = http_client()
         .get(format!("{}{path}", lank8s.url()))
         .send()
         .await
@@ -242,7 +237,7 @@ async fn pull_through_issuer_with(entry: &str) -> (u16, Option<String>, Vec<Opti
         "username = \"puller\"\npassword = \"pull-secret\"\ncredential_hosts = [\"{entry}\"]"
     );
     let lank8s = Lank8s::start(&upstream_table(&fault.url(), &keys)).await;
-    let resp = client()
+    let resp = http_client()
         .get(format!("{}{}", lank8s.url(), manifest_path(REPO, "v1")))
         .send()
         .await

@@ -45,6 +45,12 @@ pub fn free_port() -> u16 {
 
 /// An HTTP client for talking to loopback servers. Proxy variables from the
 /// environment must never route loopback traffic elsewhere.
+/// What a broad client (containerd, skopeo) asks for.
+pub const BROAD_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
