@@ -35,3 +35,12 @@ impl CacheResult {
         }
     }
 }
+
+/// Seconds since the Unix epoch: what records that outlive the process
+/// (tag checks) and signed URLs are stamped with.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}

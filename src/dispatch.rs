@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::cache::now_secs;
 use crate::cache::store::Store;
 use crate::config::{DeliveryMode, DispatchConfig, TARGET_SELF, TARGET_STORE};
 use crate::oci::reference::Digest;
@@ -167,13 +168,6 @@ fn nonce() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(now_secs());
     hasher.finish()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 /// The client's address: the connecting peer, or, when that peer is a

@@ -2,19 +2,20 @@
 //! TTL, then revalidated with a HEAD, and served stale when upstream fails.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
 use serde::{Deserialize, Serialize};
 
-use super::CacheResult;
 use super::store::Store;
+use super::{CacheResult, now_secs};
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::media::{ALL_MANIFESTS, Accept, looks_like_manifest_type};
 use crate::oci::reference::{Algorithm, Digest, Reference};
 use crate::upstream::Upstream;
+use crate::upstream::client::read_body;
 
 /// The largest manifest accepted from an upstream, as in distribution.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -391,13 +392,6 @@ fn is_signature_tag(tag: &str) -> bool {
         && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 /// Fetches a manifest and checks it: a manifest type, within the size
 /// limit, and matching both the digest asked for and the one upstream
 /// claims. Nothing unchecked reaches the cache or a client.
@@ -408,7 +402,7 @@ async fn fetch(
     accept: &str,
     expected: Option<&Digest>,
 ) -> Result<Manifest, RegistryError> {
-    let mut response = upstream
+    let response = upstream
         .fetch(
             Method::GET,
             repository,
@@ -434,17 +428,7 @@ async fn fetch(
             "{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes"
         )));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| {
-        RegistryError::bad_gateway(format!("reading a manifest from {name} failed: {e}"))
-    })? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::bad_gateway(format!(
-                "{name} sent a manifest over {MAX_MANIFEST_BYTES} bytes"
-            )));
-        }
-    }
+    let body = read_body(response, MAX_MANIFEST_BYTES, "a manifest", name).await?;
 
     let media_type = match content_type {
         Some(ct) if looks_like_manifest_type(&ct) && !ct.starts_with("application/json") => {

@@ -15,6 +15,7 @@ use crate::oci::media::OCI_INDEX;
 use crate::oci::reference::Digest;
 use crate::routing::Route;
 use crate::upstream::Upstream;
+use crate::upstream::client::read_body;
 
 /// The largest tag list or referrers index passed through.
 const MAX_LISTING_BYTES: usize = 16 << 20;
@@ -81,7 +82,7 @@ pub async fn tags_list(
         .get(LINK)
         .and_then(|l| l.to_str().ok())
         .and_then(paging_of_link);
-    let body = read_limited(response, upstream.name()).await?;
+    let body = read_body(response, MAX_LISTING_BYTES, "a listing", upstream.name()).await?;
     let mut list: TagList = serde_json::from_slice(&body).map_err(|_| {
         RegistryError::bad_gateway(format!(
             "{} sent a tag list that is not one",
@@ -184,7 +185,7 @@ pub async fn referrers(
         )
         .await?;
     let filtered = response.headers().get("oci-filters-applied").cloned();
-    let body = read_limited(response, upstream.name()).await?;
+    let body = read_body(response, MAX_LISTING_BYTES, "a listing", upstream.name()).await?;
 
     let mut answer = Response::new(Body::from(body));
     answer
@@ -194,26 +195,6 @@ pub async fn referrers(
         answer.headers_mut().insert("oci-filters-applied", filtered);
     }
     Ok(answer)
-}
-
-async fn read_limited(
-    mut response: reqwest::Response,
-    name: &str,
-) -> Result<Vec<u8>, RegistryError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| RegistryError::bad_gateway(format!("reading from {name} failed: {e}")))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_LISTING_BYTES {
-            return Err(RegistryError::bad_gateway(format!(
-                "{name} sent a listing over {MAX_LISTING_BYTES} bytes"
-            )));
-        }
-    }
-    Ok(body)
 }
 
 #[cfg(test)]

@@ -227,16 +227,19 @@ impl Upstream {
                 host_of(&realm)
             )));
         }
-        let token = read_capped(token_response, MAX_TOKEN_BODY)
-            .await
-            .and_then(|body| serde_json::from_slice::<TokenResponse>(&body).ok())
-            .and_then(TokenResponse::into_token)
-            .ok_or_else(|| {
-                RegistryError::bad_gateway(format!(
-                    "token service {} sent no token",
-                    host_of(&realm)
-                ))
-            })?;
+        let token = read_body(
+            token_response,
+            MAX_TOKEN_BODY,
+            "a token answer",
+            &host_of(&realm),
+        )
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice::<TokenResponse>(&body).ok())
+        .and_then(TokenResponse::into_token)
+        .ok_or_else(|| {
+            RegistryError::bad_gateway(format!("token service {} sent no token", host_of(&realm)))
+        })?;
 
         let (token, lifetime) = token;
         let header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -450,21 +453,34 @@ impl Upstream {
 }
 
 async fn read_error_code(response: Response) -> Option<ErrorCode> {
-    let body = read_capped(response, MAX_ERROR_BODY).await?;
+    let body = read_body(response, MAX_ERROR_BODY, "an error body", "upstream")
+        .await
+        .ok()?;
     let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
     ErrorCode::parse(value["errors"][0]["code"].as_str()?)
 }
 
-/// A whole small body, or `None` if it is larger than `limit` or fails.
-async fn read_capped(mut response: Response, limit: usize) -> Option<Vec<u8>> {
+/// A whole small body, refused as soon as it grows past `limit`, so an
+/// upstream cannot make lank8s hold more. `what` and `from` name the body
+/// and its sender in errors.
+pub async fn read_body(
+    mut response: Response,
+    limit: usize,
+    what: &str,
+    from: &str,
+) -> Result<Vec<u8>, RegistryError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.ok()? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        RegistryError::bad_gateway(format!("reading {what} from {from} failed: {e}"))
+    })? {
         body.extend_from_slice(&chunk);
         if body.len() > limit {
-            return None;
+            return Err(RegistryError::bad_gateway(format!(
+                "{from} sent {what} over {limit} bytes"
+            )));
         }
     }
-    Some(body)
+    Ok(body)
 }
 
 fn is_not_found_code(code: ErrorCode) -> bool {
