@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Real parts the integration tests start: CNCF distribution as the upstream
 # registry, skopeo and containerd as clients, openssl for the token issuer and
-# for cosign-style signatures.
-packages=(docker-registry skopeo containerd openssl curl)
+# for cosign-style signatures, redis-server for the shared state of replicas.
+packages=(docker-registry skopeo containerd openssl curl redis-server)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
