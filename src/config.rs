@@ -9,6 +9,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+mod access;
+
+pub use access::{
+    AccessConfig, Limits, RoutePolicy, StateConfig, TIER_ANONYMOUS, TIER_GRANTED, TIER_SPONSOR,
+    Tier, repository_glob,
+};
+
 /// The registries mirrored out of the box: (name, url, other names, library prefix).
 const BUILTIN_UPSTREAMS: &[(&str, &str, &[&str], bool)] = &[
     ("registry.k8s.io", "https://registry.k8s.io", &[], false),
@@ -79,6 +86,9 @@ pub struct Config {
     pub storage: StorageConfig,
     pub dispatch: DispatchConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Where accounts, grants, limit counters and token keys live.
+    pub state: StateConfig,
+    pub access: AccessConfig,
 }
 
 /// Where cached content lives.
@@ -208,6 +218,8 @@ pub struct UpstreamConfig {
     pub aliases: BTreeMap<String, Vec<String>>,
     /// Tag TTL for signature and attestation tags (`sha256-<hex>.sig` …).
     pub signature_tag_ttl: Duration,
+    /// Who may pull through this upstream, and which repositories.
+    pub policy: RoutePolicy,
 }
 
 #[derive(Clone)]
@@ -248,6 +260,9 @@ struct RawConfig {
     dispatch: RawDispatch,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
+    state: Option<String>,
+    #[serde(default)]
+    access: access::RawAccess,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +338,9 @@ struct RawUpstream {
     aliases: Option<BTreeMap<String, Vec<String>>>,
     #[serde(default, with = "humantime_serde")]
     signature_tag_ttl: Option<Duration>,
+    tier: Option<String>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
 }
 
 impl Config {
@@ -428,6 +446,8 @@ impl Config {
         let dispatch = resolve_dispatch(raw.dispatch, &storage)?;
 
         let manifest_memory_mib = raw.cache.manifest_memory_mib.unwrap_or(64);
+        let state = access::resolve_state(raw.state)?;
+        let access = access::resolve_access(raw.access)?;
         Ok(Config {
             listen,
             data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -442,6 +462,8 @@ impl Config {
             storage,
             dispatch,
             upstreams,
+            state,
+            access,
         })
     }
 }
@@ -765,6 +787,7 @@ fn resolve_upstream(
         credential_hosts: raw.credential_hosts.unwrap_or_default(),
         aliases,
         signature_tag_ttl: raw.signature_tag_ttl.unwrap_or(Duration::from_secs(60)),
+        policy: access::resolve_route_policy(name, raw.tier, raw.allow, raw.deny)?,
     })
 }
 
