@@ -3,6 +3,7 @@
 
 pub mod blobs;
 pub mod fill;
+pub mod fill_lock;
 pub mod manifests;
 pub mod store;
 

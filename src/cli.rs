@@ -1,4 +1,7 @@
-//! The command line: `lank8s serve` and `lank8s config check`.
+//! The command line: `lank8s serve`, `hosts`, `config check`, and the
+//! `account` and `grants` administration commands.
+
+mod admin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +33,20 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Manage sponsor accounts in the state store (works while servers run).
+    Account {
+        #[command(flatten)]
+        state: admin::StateArgs,
+        #[command(subcommand)]
+        command: admin::AccountCommand,
+    },
+    /// List or revoke the IP grants sponsors' pulls earned.
+    Grants {
+        #[command(flatten)]
+        state: admin::StateArgs,
+        #[command(subcommand)]
+        command: admin::GrantsCommand,
     },
 }
 
@@ -87,20 +104,28 @@ pub fn run() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => check(&file),
+        Command::Account { state, command } => admin::account(state, command),
+        Command::Grants { state, command } => admin::grants_command(state, command),
     }
 }
 
-fn hosts(args: HostsArgs) -> ExitCode {
-    let config = match &args.config {
+/// The configuration at `path`, or the embedded one; a bad file is
+/// reported and ends the command with EXIT_BAD_CONFIG.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    let config = match path {
         Some(path) => Config::load(path),
         None => Ok(Config::embedded()),
     };
-    let config = match config {
+    config.map_err(|err| {
+        eprintln!("lank8s: invalid configuration: {err}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn hosts(args: HostsArgs) -> ExitCode {
+    let config = match load_config(args.config.as_deref()) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("lank8s: invalid configuration: {err}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+        Err(code) => return code,
     };
     let mirror = match crate::hosts::MirrorAddress::parse(&args.mirror) {
         Ok(mirror) => mirror,
@@ -141,16 +166,9 @@ fn hosts(args: HostsArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let config = match &args.config {
-        Some(path) => Config::load(path),
-        None => Ok(Config::embedded()),
-    };
-    let mut config = match config {
+    let mut config = match load_config(args.config.as_deref()) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("lank8s: invalid configuration: {err}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+        Err(code) => return code,
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -272,9 +290,10 @@ pub fn describe(config: &Config) -> String {
         names.extend(upstream.names.iter().cloned());
         let _ = writeln!(
             out,
-            "  {:<28} -> {}  tag_ttl={}{}{}",
+            "  {:<28} -> {}  tier={}  tag_ttl={}{}{}",
             names.join(", "),
             upstream.url,
+            upstream.policy.tier.as_str(),
             humantime::format_duration(upstream.tag_ttl),
             if upstream.library_prefix {
                 "  library/ for one-part names"
@@ -299,6 +318,16 @@ pub fn describe(config: &Config) -> String {
         "storage: {storage}; blobs leave by {:?}",
         config.dispatch.mode
     );
+    let state = match &config.state {
+        crate::config::StateConfig::Embedded => {
+            format!(
+                "embedded ({})",
+                config.data_dir.join("state.redb").display()
+            )
+        }
+        crate::config::StateConfig::Redis(_) => "redis (shared by replicas)".to_owned(),
+    };
+    let _ = writeln!(out, "state: {state}");
     match &config.domain {
         Some(domain) => {
             let _ = writeln!(out, "hosts (domain {domain}):");

@@ -6,12 +6,15 @@
 //! - `dispatch`: how a blob leaves (stream, or redirect by client network).
 //! - `hosts`: client configuration generated for a mirror address.
 //! - `mirror`: the core assembled from configuration.
+//! - `access`: accounts, tokens, IP grants, fair-use limits, allow/deny.
 //! - `cache`: manifests, blobs, the on-disk store and the single-flight fill.
 //! - `upstream`: the client for upstream registries (tokens, redirects, retries).
 //! - `oci`: names, digests, media types and error JSON.
+//! - `state`: accounts, grants, keys and locks, and counters (local file or Redis).
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -21,4 +24,5 @@ pub mod http;
 pub mod mirror;
 pub mod oci;
 pub mod routing;
+pub mod state;
 pub mod upstream;

@@ -1,15 +1,22 @@
-//! The assembled core: routing table, one client per upstream, and the
-//! caches, built once from configuration and shared by every request.
+//! The assembled core: routing table, one client per upstream, the caches,
+//! the access layer and the state store, built once from configuration and
+//! shared by every request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::access::Access;
 use crate::cache::blobs::BlobCache;
+use crate::cache::fill_lock::FillLocks;
 use crate::cache::manifests::ManifestCache;
 use crate::cache::store::Store;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::routing::Router;
+use crate::state::{State, StateError, StateKind};
+
+/// Longest a replica waits for another replica's fill of the same blob.
+const FILL_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 use crate::upstream::Upstream;
 
 pub struct Mirror {
@@ -19,6 +26,7 @@ pub struct Mirror {
     pub blobs: BlobCache,
     pub dispatcher: Dispatcher,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub access: Access,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +36,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot open the state store: {0}")]
+    State(#[from] StateError),
     #[error("cannot set up the client for upstream {name}: {source}")]
     Upstream {
         name: String,
@@ -36,7 +46,13 @@ pub enum StartError {
 }
 
 impl Mirror {
-    pub fn new(config: &Config) -> Result<Mirror, StartError> {
+    pub async fn open(config: &Config) -> Result<Mirror, StartError> {
+        let redis = match &config.state {
+            crate::config::StateConfig::Embedded => None,
+            crate::config::StateConfig::Redis(url) => Some(url.as_str()),
+        };
+        let state = State::open(redis, &config.data_dir).await?;
+
         let store =
             Store::open(&config.data_dir, &config.storage).map_err(|source| StartError::Store {
                 path: config.data_dir.display().to_string(),
@@ -62,13 +78,19 @@ impl Mirror {
                 }
             })?;
 
+        // Replicas coordinate fills only when they share both the state and
+        // the store the blob ends up in.
+        let shared = state.kind() == StateKind::Redis && store.is_remote();
+        let fill_locks = shared.then(|| FillLocks::new(state.clone(), FILL_WAIT));
+
         Ok(Mirror {
             router: Router::new(config),
             upstreams,
             manifests: ManifestCache::new(store.clone(), config.cache.manifest_memory_bytes),
-            blobs: BlobCache::new(store.clone()),
+            blobs: BlobCache::new(store.clone(), fill_locks),
             dispatcher,
             trusted_proxies: config.trusted_proxies.clone(),
+            access: Access::new(config, state),
         })
     }
 }

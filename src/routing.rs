@@ -171,6 +171,13 @@ impl Router {
         })
     }
 
+    /// The upstream a host serves by itself, as `GET /v2/` on it is asked:
+    /// its subdomain's upstream, else the default.
+    pub fn host_upstream(&self, host: Option<&str>) -> String {
+        self.upstream_for_host(host)
+            .unwrap_or_else(|| self.default_upstream.clone())
+    }
+
     fn upstream_for_host(&self, host: Option<&str>) -> Option<String> {
         let domain = self.domain.as_deref()?;
         let host = host?.to_ascii_lowercase();

@@ -8,6 +8,7 @@ use reqwest::Method;
 
 use super::CacheResult;
 use super::fill::{Fill, Source, content_length};
+use super::fill_lock::{FillGuard, FillLocks, Turn};
 use super::store::{Store, StoredBlob};
 use crate::oci::error::{ErrorCode, RegistryError};
 use crate::oci::reference::Digest;
@@ -29,13 +30,16 @@ type FillKey = (String, String, Digest);
 pub struct BlobCache {
     store: Arc<Store>,
     fills: Arc<Mutex<HashMap<FillKey, Arc<Fill>>>>,
+    /// Set when replicas share a state store and an object store.
+    locks: Option<FillLocks>,
 }
 
 impl BlobCache {
-    pub fn new(store: Arc<Store>) -> BlobCache {
+    pub fn new(store: Arc<Store>, locks: Option<FillLocks>) -> BlobCache {
         BlobCache {
             store,
             fills: Default::default(),
+            locks,
         }
     }
 
@@ -61,6 +65,32 @@ impl BlobCache {
                 return Ok(stored);
             }
         }
+        // Another replica may be filling it: wait for the store to have it,
+        // or join a fill another request here started meanwhile.
+        let mut guard = None;
+        if let (None, Some(locks)) = (&running, &self.locks) {
+            let found = || async {
+                match self.running(&key) {
+                    Some(fill) => Some(Found::Fill(fill)),
+                    None => self.stored(digest).await.map(Found::Stored),
+                }
+            };
+            match locks.turn(digest, found).await {
+                Turn::Found(Found::Stored(mut stored)) => {
+                    stored.cache = CacheResult::Joined;
+                    return Ok(stored);
+                }
+                Turn::Found(Found::Fill(fill)) => {
+                    let size = fill.started().await?;
+                    return Ok(OpenBlob {
+                        source: Source::Fill(fill),
+                        size,
+                        cache: CacheResult::Joined,
+                    });
+                }
+                Turn::Fill(held) => guard = Some(held),
+            }
+        }
         let (fill, cache) = {
             let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(fill) = fills.get(&key) {
@@ -78,6 +108,7 @@ impl BlobCache {
                 }
                 let fills_handle = self.fills.clone();
                 let finished_key = key.clone();
+                let guard: Option<FillGuard> = guard.take();
                 let fill = Fill::start(
                     self.store.clone(),
                     upstream.clone(),
@@ -88,6 +119,8 @@ impl BlobCache {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&finished_key);
+                        // Other replicas may now find it stored.
+                        drop(guard);
                     },
                 )
                 .map_err(|e| RegistryError::internal(format!("cannot start a fill: {e}")))?;
@@ -170,6 +203,12 @@ impl BlobCache {
             }
         }
     }
+}
+
+/// What a replica waiting on another's fill may find.
+enum Found {
+    Fill(Arc<Fill>),
+    Stored(OpenBlob),
 }
 
 fn open_stored(store: &Arc<Store>, stored: StoredBlob) -> OpenBlob {

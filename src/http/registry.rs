@@ -8,7 +8,8 @@ use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, RANGE, RETRY_AFTER, WARNING,
+    ACCEPT_RANGES, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, RANGE,
+    RETRY_AFTER, WARNING, WWW_AUTHENTICATE,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use super::listing;
 use super::range::{self, RangeAnswer};
 use super::server::{ClientAddr, LogContext};
+use crate::access::limits::Download;
+use crate::access::{Admission, Caller};
 use crate::cache::CacheResult;
 use crate::cache::fill::{Source, read_range};
 use crate::dispatch::Decision;
@@ -26,12 +29,34 @@ use crate::oci::reference::{Digest, Reference};
 use crate::routing::{Endpoint, Route, parse_path};
 use crate::upstream::Upstream;
 
-/// `GET /v2/`: the API version check. A free mirror never challenges.
-pub async fn base(method: Method) -> Response {
+/// `GET /v2/`: the API version check. A free host never challenges; a
+/// host that serves a sponsor route does, unless the caller may pull.
+pub async fn base(
+    State(mirror): State<Arc<Mirror>>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return error_response(&RegistryError::method_not_allowed());
     }
-    ([(CONTENT_TYPE, "application/json")], "{}").into_response()
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    let caller = Caller {
+        client,
+        host: host.unwrap_or_default(),
+        authorization: headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
+    };
+    let upstream = mirror.router.host_upstream(host);
+    let mut log = LogContext::default();
+    let mut response = match mirror.access.admit_base(&caller, &upstream).await {
+        Ok(standing) => {
+            log.account = standing.account().map(str::to_owned);
+            ([(CONTENT_TYPE, "application/json")], "{}").into_response()
+        }
+        Err(err) => error_response(&err),
+    };
+    response.extensions_mut().insert(log);
+    response
 }
 
 /// Every other /v2 request.
@@ -110,6 +135,17 @@ async fn answer(
         .get(&route.upstream)
         .ok_or_else(|| RegistryError::internal("routed to an upstream that has no client"))?;
 
+    let caller = Caller {
+        client: request.client,
+        host: host.unwrap_or_default(),
+        authorization: headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()),
+    };
+    let admission = mirror
+        .access
+        .admit(&caller, &route.upstream, &name, &route.repository)
+        .await?;
+    log.account = admission.standing.account().map(str::to_owned);
+
     let head = method == Method::HEAD;
     match endpoint {
         Endpoint::Manifest(reference) => {
@@ -133,6 +169,7 @@ async fn answer(
                 &route,
                 &Digest::parse(&digest)?,
                 request,
+                &admission,
                 log,
             )
             .await
@@ -187,6 +224,7 @@ async fn blob(
     route: &Route,
     digest: &Digest,
     request: &Request<'_>,
+    admission: &Admission,
     log: &mut LogContext,
 ) -> Result<Response, RegistryError> {
     let head = *request.method == Method::HEAD;
@@ -220,6 +258,8 @@ async fn blob(
         }
     }
 
+    // Download limits hold only for bytes this node sends itself.
+    let download = mirror.access.download(admission).await?;
     let opened = mirror
         .blobs
         .open(upstream, &route.repository, digest)
@@ -232,7 +272,7 @@ async fn blob(
         // No length from upstream and no range asked for: stream it all as
         // it comes, ending the body only once the fill is verified.
         (None, _, None) => {
-            let body = Body::from_stream(read_range(opened.source, 0, None));
+            let body = metered(read_range(opened.source, 0, None), None, download);
             return Ok(blob_response(StatusCode::OK, digest, None, body));
         }
         // A range needs the size; wait for the fill to learn it.
@@ -244,11 +284,19 @@ async fn blob(
 
     match range::answer(range_header, size) {
         RangeAnswer::Full => {
-            let body = Body::from_stream(read_range(opened.source, 0, Some(size)));
+            let body = metered(
+                read_range(opened.source, 0, Some(size)),
+                Some(size),
+                download,
+            );
             Ok(blob_response(StatusCode::OK, digest, Some(size), body))
         }
         RangeAnswer::Partial { start, end } => {
-            let body = Body::from_stream(read_range(opened.source, start, Some(end)));
+            let body = metered(
+                read_range(opened.source, start, Some(end)),
+                Some(end - start),
+                download,
+            );
             let mut response =
                 blob_response(StatusCode::PARTIAL_CONTENT, digest, Some(end - start), body);
             let content_range = format!("bytes {start}-{}/{size}", end - 1);
@@ -265,6 +313,18 @@ async fn blob(
                 .insert(CONTENT_RANGE, header_value(&format!("bytes */{size}"))?);
             Ok(response)
         }
+    }
+}
+
+/// A blob body of `length` bytes, paced and counted when the caller's tier
+/// has download limits.
+fn metered<S>(body: S, length: Option<u64>, download: Option<Download>) -> Body
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+{
+    match download {
+        Some(download) => Body::from_stream(download.meter(body, length)),
+        None => Body::from_stream(body),
     }
 }
 
@@ -319,6 +379,11 @@ pub fn error_response(err: &RegistryError) -> Response {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(challenge) = err.challenge.as_deref() {
+        if let Ok(value) = HeaderValue::from_str(challenge) {
+            response.headers_mut().insert(WWW_AUTHENTICATE, value);
+        }
     }
     response.extensions_mut().insert(err.clone());
     response

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 
-use super::registry;
+use super::{registry, token};
 use crate::cache::CacheResult;
 use crate::config::Config;
 use crate::mirror::{Mirror, StartError};
@@ -35,6 +35,8 @@ pub struct LogContext {
     pub cache: Option<CacheResult>,
     /// The redirect target a blob was sent to, if any.
     pub redirect: Option<String>,
+    /// The sponsor account behind the request (by token or IP grant).
+    pub account: Option<String>,
 }
 
 /// How long a client may take to send its request headers.
@@ -65,6 +67,7 @@ pub fn app(mirror: Arc<Mirror>) -> Router {
         .route("/{registry}/v2", any(registry::base))
         .route("/{registry}/v2/", any(registry::base))
         .route("/{registry}/v2/{*rest}", any(registry::handle))
+        .route("/token", any(token::token))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn_with_state(mirror.clone(), access_log))
@@ -73,7 +76,7 @@ pub fn app(mirror: Arc<Mirror>) -> Router {
 
 /// Runs the mirror until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let mirror = Arc::new(Mirror::new(&config)?);
+    let mirror = Arc::new(Mirror::open(&config).await?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -268,6 +271,7 @@ impl AccessLine {
             outcome,
             redirect = c.redirect.is_some(),
             redirect_to = c.redirect.as_deref().unwrap_or(""),
+            account = c.account.as_deref().unwrap_or("-"),
             error = self.error.as_deref().unwrap_or(""),
             "request"
         );

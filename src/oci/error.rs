@@ -78,6 +78,8 @@ pub struct RegistryError {
     pub message: String,
     /// Seconds a client should wait before retrying (429 and 503).
     pub retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub challenge: Option<String>,
 }
 
 impl RegistryError {
@@ -93,6 +95,7 @@ impl RegistryError {
             code,
             message: message.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -107,6 +110,44 @@ impl RegistryError {
             "errors": [{ "code": self.code.as_str(), "message": self.message, "detail": null }]
         });
         body.to_string().into_bytes()
+    }
+
+    // === access refused ===
+
+    /// 401 with the challenge that tells the client where to log in.
+    pub fn unauthorized(message: impl Into<String>, challenge: String) -> Self {
+        let mut err = Self::new(
+            Fault::Client,
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            message,
+        );
+        err.challenge = Some(challenge);
+        err
+    }
+
+    /// 403: the repository is not served to anyone.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(
+            Fault::Client,
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            message,
+        )
+    }
+
+    /// 429: a fair-use limit; the message names it.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        // Round up: a client retrying after the header's seconds must not
+        // arrive a fraction too early.
+        let seconds = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+        Self::new(
+            Fault::Client,
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            message,
+        )
+        .with_retry_after(seconds)
     }
 
     // === client mistakes ===
