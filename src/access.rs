@@ -16,10 +16,9 @@ use std::time::Duration;
 use accounts::{Accounts, LoginError};
 use grants::{Grant, Grants};
 use limits::{Download, Limiter};
-use policy::RepositoryPolicy;
 use tokens::{IssuedToken, Permission, TokenError, Tokens};
 
-use crate::config::{AccessConfig, Config, TIER_ANONYMOUS, TIER_GRANTED, Tier};
+use crate::config::{AccessConfig, Config, RoutePolicy, TIER_ANONYMOUS, TIER_GRANTED, Tier};
 use crate::oci::error::RegistryError;
 use crate::routing::Router;
 use crate::state::{RateLimit, State};
@@ -79,31 +78,35 @@ pub struct Admission {
 
 pub struct Access {
     config: AccessConfig,
-    tiers: HashMap<String, Tier>,
-    policies: HashMap<String, RepositoryPolicy>,
+    policies: HashMap<String, RoutePolicy>,
     pub accounts: Accounts,
     pub tokens: Tokens,
     pub grants: Grants,
     limiter: Arc<Limiter>,
     state: State,
+    login_turns: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Logins are serialised per network through this many locks.
+const LOGIN_STRIPES: usize = 64;
+
+fn login_stripe(network: ipnet::IpNet) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    network.hash(&mut hasher);
+    (hasher.finish() % LOGIN_STRIPES as u64) as usize
 }
 
 impl Access {
     pub fn new(config: &Config, state: State) -> Access {
         let access = &config.access;
-        let tiers = config
-            .upstreams
-            .iter()
-            .map(|(name, upstream)| (name.clone(), upstream.policy.tier))
-            .collect();
         let policies = config
             .upstreams
             .iter()
-            .map(|(name, upstream)| (name.clone(), RepositoryPolicy::new(&upstream.policy)))
+            .map(|(name, upstream)| (name.clone(), upstream.policy.clone()))
             .collect();
         Access {
             config: access.clone(),
-            tiers,
             policies,
             accounts: Accounts::new(state.clone()),
             tokens: Tokens::new(
@@ -119,11 +122,16 @@ impl Access {
             ),
             limiter: Arc::new(Limiter::new(state.clone(), access.limits.clone())),
             state,
+            login_turns: (0..LOGIN_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
     fn tier_of(&self, upstream: &str) -> Tier {
-        self.tiers.get(upstream).copied().unwrap_or(Tier::Free)
+        self.policies
+            .get(upstream)
+            .map_or(Tier::Free, |policy| policy.tier)
     }
 
     /// A /v2 request for `name` (as written in the path), routed to
@@ -155,7 +163,7 @@ impl Access {
             return Err(self.challenge(caller.host, upstream, Some(name), None));
         }
         if let Some(policy) = self.policies.get(upstream) {
-            policy.check(upstream, repository)?;
+            policy::check(policy, upstream, repository)?;
         }
         Ok(Admission {
             standing,
@@ -206,14 +214,12 @@ impl Access {
     /// address's grant); otherwise a grant on the address; otherwise anyone.
     /// A token that fails is the refusal's reason.
     async fn identify(&self, caller: &Caller<'_>, name: Option<&str>) -> Result<Standing, String> {
+        // The scheme is case-insensitive (RFC 7235).
         let token = caller
             .authorization
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         let mut refusal = None;
         if let Some(token) = token {
             match self.sponsor(caller, token, name).await {
@@ -272,7 +278,8 @@ impl Access {
         })
     }
 
-    /// 401 for a sponsor route, with where to log in and where to read more.
+    /// 401 for a sponsor route, with where to log in and where to read more;
+    /// 400 if the Host cannot be put in a challenge.
     fn challenge(
         &self,
         host: &str,
@@ -280,6 +287,9 @@ impl Access {
         name: Option<&str>,
         refusal: Option<String>,
     ) -> RegistryError {
+        if !is_host(host) {
+            return bad_host();
+        }
         let realm = format!("{}://{host}/token", self.config.realm_scheme);
         let mut challenge = format!("Bearer realm=\"{realm}\",service=\"{host}\"");
         if let Some(name) = name {
@@ -309,6 +319,17 @@ impl Access {
         router: &Router,
         request: TokenRequest<'_>,
     ) -> Result<IssuedToken, RegistryError> {
+        if !is_host(request.host) {
+            return Err(bad_host());
+        }
+        if request.scopes.len() > MAX_SCOPES {
+            return Err(RegistryError::new(
+                crate::oci::error::Fault::Client,
+                http::StatusCode::BAD_REQUEST,
+                crate::oci::error::ErrorCode::Unsupported,
+                format!("at most {MAX_SCOPES} scopes may be asked for at once"),
+            ));
+        }
         let permissions: Vec<Permission> = request
             .scopes
             .iter()
@@ -334,6 +355,9 @@ impl Access {
         };
 
         let network = self.grants.network_of(request.client);
+        // One login per network at a time on this replica, so that a burst
+        // cannot check many passwords before the first failure is counted.
+        let _turn = self.login_turns[login_stripe(network)].lock().await;
         let failures_key = format!("login-failures/{network}");
         let failures = RateLimit {
             count: self.config.login_failures_per_minute,
@@ -380,6 +404,27 @@ impl Access {
         err.challenge = Some("Basic realm=\"lank8s\"".into());
         err
     }
+}
+
+/// Scopes one `/token` request may ask for; a pull asks for one or two.
+const MAX_SCOPES: usize = 32;
+
+/// Whether `host` (a Host header) can be an audience and go into a
+/// challenge: a name or address with an optional port, nothing to quote.
+fn is_host(host: &str) -> bool {
+    (1..=255).contains(&host.len())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+fn bad_host() -> RegistryError {
+    RegistryError::new(
+        crate::oci::error::Fault::Client,
+        http::StatusCode::BAD_REQUEST,
+        crate::oci::error::ErrorCode::Unsupported,
+        "the Host header must be a host name or address, with an optional port",
+    )
 }
 
 /// A `/token` request as the HTTP layer read it.

@@ -12,8 +12,8 @@ use url::Url;
 mod access;
 
 pub use access::{
-    AccessConfig, Limits, RoutePolicy, StateConfig, TIER_ANONYMOUS, TIER_GRANTED, TIER_SPONSOR,
-    Tier, repository_glob,
+    AccessConfig, Limits, Refusal, RoutePolicy, StateConfig, TIER_ANONYMOUS, TIER_GRANTED,
+    TIER_SPONSOR, Tier,
 };
 
 /// The registries mirrored out of the box: (name, url, other names, library prefix).
@@ -78,6 +78,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The one header those proxies write.
+    pub forwarded_header: ForwardedHeader,
     pub domain: Option<String>,
     pub default_upstream: String,
     pub hosts: BTreeMap<String, String>,
@@ -177,6 +179,13 @@ pub struct RegionConfig {
     pub targets: Vec<String>,
 }
 
+/// Which header trusted proxies put the client's address in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    Forwarded,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -245,6 +254,7 @@ impl std::fmt::Debug for Credentials {
 struct RawConfig {
     listen: Option<String>,
     trusted_proxies: Option<Vec<String>>,
+    forwarded_header: Option<String>,
     data_dir: Option<PathBuf>,
     domain: Option<String>,
     default_upstream: Option<String>,
@@ -442,6 +452,16 @@ impl Config {
             .iter()
             .map(|n| parse_network(n).map_err(|why| invalid("trusted_proxies", why)))
             .collect::<Result<Vec<_>, _>>()?;
+        let forwarded_header = match raw.forwarded_header.as_deref() {
+            None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
+            Some("forwarded") => ForwardedHeader::Forwarded,
+            Some(other) => {
+                return Err(invalid(
+                    "forwarded_header",
+                    format!("{other:?} is not \"x-forwarded-for\" or \"forwarded\""),
+                ));
+            }
+        };
         let storage = resolve_storage(raw.storage)?;
         let dispatch = resolve_dispatch(raw.dispatch, &storage)?;
 
@@ -452,6 +472,7 @@ impl Config {
             listen,
             data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             trusted_proxies,
+            forwarded_header,
             domain,
             default_upstream,
             hosts,
@@ -734,6 +755,7 @@ fn resolve_upstream(
     });
     let names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
 
+    let policy = access::resolve_route_policy(name, raw.tier, raw.allow, raw.deny)?;
     let aliases = match raw.aliases {
         Some(aliases) => aliases,
         None => {
@@ -757,6 +779,19 @@ fn resolve_upstream(
             }
         }
     }
+
+    // An alias never fetches a repository the route's patterns refuse.
+    let aliases = aliases
+        .into_iter()
+        .map(|(from, targets)| {
+            let served = targets
+                .into_iter()
+                .filter(|target| policy.refusal(target).is_none())
+                .collect::<Vec<_>>();
+            (from, served)
+        })
+        .filter(|(_, targets)| !targets.is_empty())
+        .collect();
 
     let retries = raw.retries.unwrap_or(2);
     if retries > MAX_RETRIES {
@@ -787,7 +822,7 @@ fn resolve_upstream(
         credential_hosts: raw.credential_hosts.unwrap_or_default(),
         aliases,
         signature_tag_ttl: raw.signature_tag_ttl.unwrap_or(Duration::from_secs(60)),
-        policy: access::resolve_route_policy(name, raw.tier, raw.allow, raw.deny)?,
+        policy,
     })
 }
 

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use crate::cache::now_secs;
 use crate::cache::store::Store;
-use crate::config::{DeliveryMode, DispatchConfig, TARGET_SELF, TARGET_STORE};
+use crate::config::{DeliveryMode, DispatchConfig, ForwardedHeader, TARGET_SELF, TARGET_STORE};
 use crate::oci::reference::Digest;
 
 /// How long a target's "I have it" is believed.
@@ -174,25 +174,34 @@ fn nonce() -> u64 {
 /// trusted proxy, the nearest untrusted address the proxies recorded in
 /// `Forwarded` or `X-Forwarded-For`. Addresses a client wrote itself sit
 /// further left and are never reached.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
+    // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = forwarded_for(headers);
+    let forwarded: Vec<IpAddr> = forwarded_for(headers, header);
     let mut client = peer;
     for hop in forwarded.iter().rev() {
-        client = *hop;
-        if !is_trusted(hop) {
+        client = hop.to_canonical();
+        if !is_trusted(&client) {
             break;
         }
     }
     client
 }
 
-/// The addresses in `Forwarded: for=…` (preferred) or `X-Forwarded-For`,
-/// left to right; anything unparsable ends the list there.
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+/// The addresses in the one header the proxies are configured to write,
+/// left to right; anything unparsable ends the list there. The other header
+/// is ignored: a proxy that appends to one passes a client's own copy of the
+/// other through untouched.
+fn forwarded_for(headers: &HeaderMap, header: ForwardedHeader) -> Vec<IpAddr> {
     let joined = |name: &str| {
         headers
             .get_all(name)
@@ -201,9 +210,8 @@ fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let forwarded = joined("forwarded");
-    let values: Vec<String> = if !forwarded.is_empty() {
-        forwarded
+    let values: Vec<String> = match header {
+        ForwardedHeader::Forwarded => joined("forwarded")
             .split(',')
             .map(|element| {
                 element
@@ -215,12 +223,11 @@ fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
                     })
                     .unwrap_or_default()
             })
-            .collect()
-    } else {
-        joined("x-forwarded-for")
+            .collect(),
+        ForwardedHeader::XForwardedFor => joined("x-forwarded-for")
             .split(',')
             .map(|v| v.trim().to_owned())
-            .collect()
+            .collect(),
     };
     // A trailing unparsable hop (obfuscated, "unknown") must not let an
     // earlier, client-written value through: keep only the parsable suffix.
@@ -288,6 +295,13 @@ mod tests {
     #[test]
     fn forwarded_headers_only_from_trusted_peers() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let client_address = |peer, headers: &HeaderMap, trusted: &[IpNet]| {
+            let header = match headers.contains_key("forwarded") {
+                true => ForwardedHeader::Forwarded,
+                false => ForwardedHeader::XForwardedFor,
+            };
+            super::client_address(peer, headers, trusted, header)
+        };
         let spoofed = headers(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(
             client_address(ip("198.51.100.7"), &spoofed, &trusted),
@@ -322,6 +336,21 @@ mod tests {
         assert_eq!(
             client_address(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
             ip("10.0.0.1")
+        );
+
+        // Only the configured header counts, whatever else the client sends.
+        let both = headers(&[
+            ("forwarded", "for=203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.9"),
+        ]);
+        let mapped = ip("::ffff:10.0.0.1");
+        assert_eq!(
+            super::client_address(mapped, &both, &trusted, ForwardedHeader::XForwardedFor),
+            ip("198.51.100.9")
+        );
+        assert_eq!(
+            super::client_address(mapped, &both, &trusted, ForwardedHeader::Forwarded),
+            ip("203.0.113.7")
         );
     }
 }

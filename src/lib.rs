@@ -10,6 +10,7 @@
 //! - `cache`: manifests, blobs, the on-disk store and the single-flight fill.
 //! - `upstream`: the client for upstream registries (tokens, redirects, retries).
 //! - `oci`: names, digests, media types and error JSON.
+//! - `workers`: dedicated threads for memory-hungry blocking work.
 //! - `state`: accounts, grants, keys and locks, and counters (local file or Redis).
 
 #![forbid(unsafe_code)]
@@ -26,3 +27,4 @@ pub mod oci;
 pub mod routing;
 pub mod state;
 pub mod upstream;
+pub mod workers;

@@ -26,6 +26,7 @@ pub struct Mirror {
     pub blobs: BlobCache,
     pub dispatcher: Dispatcher,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub forwarded_header: crate::config::ForwardedHeader,
     pub access: Access,
 }
 
@@ -90,6 +91,7 @@ impl Mirror {
             blobs: BlobCache::new(store.clone(), fill_locks),
             dispatcher,
             trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_header: config.forwarded_header,
             access: Access::new(config, state),
         })
     }

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::Argon2;
+use argon2::password_hash::Output;
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 
 use super::now;
 use crate::state::{State, StateError};
+use crate::workers::Workers;
 
 const KEY_PREFIX: &str = "account/";
 
@@ -105,9 +107,9 @@ impl Accounts {
             return Err(AccountError::WeakPassword);
         }
         let password = password.to_owned();
-        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        let password_hash = argon2_turn(move || hash_password(&password))
             .await
-            .map_err(|e| AccountError::Hash(e.to_string()))??;
+            .ok_or_else(|| AccountError::Hash("the hashing task failed".into()))??;
         let account = Account {
             name: name.to_owned(),
             password_hash,
@@ -185,7 +187,7 @@ impl Accounts {
             .map(|a| a.password_hash.clone())
             .unwrap_or_else(|| decoy_hash().to_owned());
         let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        let matches = argon2_turn(move || verify_password(&password, &hash))
             .await
             .unwrap_or(false);
         let account = match (account, matches) {
@@ -213,6 +215,19 @@ impl Accounts {
         // A panic elsewhere while holding the lock leaves a usable map.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Argon2 runs on this many threads of its own: each verification takes
+/// about 19 MiB and a core for tens of milliseconds, and logins need no
+/// credentials to start.
+const ARGON2_THREADS: usize = 2;
+
+async fn argon2_turn<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static WORKERS: std::sync::OnceLock<Workers> = std::sync::OnceLock::new();
+    WORKERS
+        .get_or_init(|| Workers::new("argon2", ARGON2_THREADS))
+        .run(job)
+        .await
 }
 
 fn key(name: &str) -> String {
@@ -246,15 +261,55 @@ fn hash_password(password: &str) -> Result<String, AccountError> {
         .map_err(|e| AccountError::Hash(e.to_string()))
 }
 
+/// Checks `password` against a PHC string. Each Argon2 thread keeps one
+/// block buffer and reuses it: a fresh 19 MiB allocation per login leaves
+/// the allocator holding several such buffers per thread.
 fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    thread_local! {
+        static BLOCKS: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (
+        Params::try_from(&parsed),
+        Algorithm::try_from(parsed.algorithm),
+    ) else {
+        return false;
+    };
+    // Hashes are written by `add` with the defaults; a stored one asking
+    // for far more memory is refused rather than honoured.
+    if params.m_cost() > MAX_MEMORY_KIB {
+        return false;
+    }
+    let version = parsed
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .unwrap_or_default();
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let blocks_needed = params.block_count();
+    let hashed = BLOCKS.with_borrow_mut(|blocks| {
+        blocks.resize(blocks_needed, Block::default());
+        Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+            password.as_bytes(),
+            salt,
+            &mut out,
+            &mut blocks[..],
+        )
+    });
+    // `Output` compares in constant time.
+    hashed.is_ok() && Output::new(&out).is_ok_and(|out| out == expected)
 }
+
+/// The most memory a stored hash may ask for (KiB); the default is 19 MiB.
+const MAX_MEMORY_KIB: u32 = 64 * 1024;
 
 /// A hash no password matches, verified for unknown names.
 fn decoy_hash() -> &'static str {

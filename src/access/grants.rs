@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::accounts::Account;
 use super::now;
-use crate::state::{State, StateError};
+use crate::state::{State, StateError, StateKind};
 
 const KEY_PREFIX: &str = "grant/";
 
@@ -38,6 +38,8 @@ pub struct Grants {
     prefix_v4: u8,
     prefix_v6: u8,
     lookups: Lookups,
+    /// Every grant, as last read from an embedded store.
+    snapshot: tokio::sync::Mutex<(Option<Instant>, HashMap<IpNet, Grant>)>,
 }
 
 impl Grants {
@@ -48,6 +50,7 @@ impl Grants {
             prefix_v4,
             prefix_v6,
             lookups: Mutex::new(HashMap::new()),
+            snapshot: tokio::sync::Mutex::new((None, HashMap::new())),
         }
     }
 
@@ -67,6 +70,9 @@ impl Grants {
     /// unreachable the last answer stands (until the grant's own expiry).
     pub async fn lookup(&self, address: IpAddr) -> Option<Grant> {
         let network = self.network_of(address);
+        if self.state.kind() == StateKind::Embedded {
+            return self.in_snapshot(network).await;
+        }
         let remembered = lock(&self.lookups).get(&network).cloned();
         let grant = match &remembered {
             Some((read_at, grant)) if read_at.elapsed() < CACHE_TTL => grant.clone(),
@@ -80,6 +86,33 @@ impl Grants {
             },
         };
         grant.filter(|g| now() < g.expires_at)
+    }
+
+    /// The embedded store: every grant, read in one scan at most every
+    /// CACHE_TTL. Opening the file costs milliseconds of syncs, so one read
+    /// per network (a public mirror sees thousands) would bound the server
+    /// by its disk.
+    async fn in_snapshot(&self, network: IpNet) -> Option<Grant> {
+        let mut snapshot = self.snapshot.lock().await;
+        let stale = snapshot
+            .0
+            .is_none_or(|read_at| read_at.elapsed() >= CACHE_TTL);
+        if stale {
+            // On a failed read the last snapshot stands, tried again next time.
+            if let Ok(grants) = self.state.scan(KEY_PREFIX).await {
+                let grants = grants
+                    .into_iter()
+                    .filter_map(|(_, bytes)| serde_json::from_slice::<Grant>(&bytes).ok())
+                    .filter_map(|g| Some((g.network.parse::<IpNet>().ok()?, g)))
+                    .collect();
+                *snapshot = (Some(Instant::now()), grants);
+            }
+        }
+        snapshot
+            .1
+            .get(&network)
+            .filter(|g| now() < g.expires_at)
+            .cloned()
     }
 
     /// Grants (or renews) `address`'s network to `account`, never beyond
@@ -107,7 +140,8 @@ impl Grants {
         let bytes = serde_json::to_vec(&grant).unwrap_or_default();
         match self.state.put(&key(&network), &bytes, Some(ttl)).await {
             Ok(()) => {
-                remember(&self.lookups, network, Some(grant));
+                remember(&self.lookups, network, Some(grant.clone()));
+                self.snapshot.lock().await.1.insert(network, grant);
                 tracing::info!(%network, account = %account.name, expires_at, "address granted");
             }
             Err(e) => tracing::warn!(error = %e, %network, "cannot record a grant"),
@@ -130,6 +164,7 @@ impl Grants {
     pub async fn revoke(&self, network: IpNet) -> Result<bool, StateError> {
         let removed = self.state.delete(&key(&network)).await?;
         lock(&self.lookups).remove(&network);
+        self.snapshot.lock().await.1.remove(&network);
         Ok(removed)
     }
 

@@ -112,7 +112,7 @@ impl Limiter {
         if let Some(concurrent) = limits.concurrent_downloads {
             let running = self.state.add(&slot_key, 1, DOWNLOAD_TTL).await;
             if running > i64::from(concurrent) {
-                self.state.add(&slot_key, -1, DOWNLOAD_TTL).await;
+                release_slot(&self.state, &slot_key).await;
                 return Err(RegistryError::too_many_requests(
                     format!(
                         "concurrent_downloads limit of {concurrent} for {tier} clients reached by {network}; retry when a download ends"
@@ -236,7 +236,7 @@ impl Download {
         self.flush().await;
         self.day_key = None;
         if let Some(key) = self.slot_key.take() {
-            self.limiter.state.add(&key, -1, DOWNLOAD_TTL).await;
+            release_slot(&self.limiter.state, &key).await;
         }
     }
 
@@ -261,7 +261,7 @@ impl Drop for Download {
         };
         runtime.spawn(async move {
             if let Some(key) = slot_key {
-                state.add(&key, -1, DOWNLOAD_TTL).await;
+                release_slot(&state, &key).await;
             }
             if let Some((key, bytes)) = day.filter(|(_, bytes)| *bytes > 0) {
                 state
@@ -269,6 +269,16 @@ impl Drop for Download {
                     .await;
             }
         });
+    }
+}
+
+/// Gives a download slot back. A count that went below zero (a slot taken
+/// in Redis and given back to the local fallback during an outage, or the
+/// reverse) is raised to zero, so it never lends extra slots.
+async fn release_slot(state: &State, key: &str) {
+    let running = state.add(key, -1, DOWNLOAD_TTL).await;
+    if running < 0 {
+        state.add(key, -running, DOWNLOAD_TTL).await;
     }
 }
 

@@ -281,7 +281,14 @@ impl Tokens {
 pub fn pull_scope(scope: &str) -> Option<Permission> {
     let (kind, rest) = scope.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
+    // Names go into tokens and challenges: keep them to what a repository
+    // name (with a registry host and port in front) can hold.
+    let plain = name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:".contains(&b));
     if kind != "repository"
+        || !plain
         || name.is_empty()
         || !actions.split(',').any(|a| a == "pull" || a == "*")
     {

@@ -82,6 +82,9 @@ pub struct StateArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// The longest an account may be valid: a century.
+const MAX_VALIDITY_DAYS: u64 = 36_525;
+
 /// Why a command failed: the message, and the exit status.
 struct Failure(String, u8);
 
@@ -210,6 +213,13 @@ pub fn grants_command(args: StateArgs, command: GrantsCommand) -> ExitCode {
                 ..
             } => {
                 let network = match address.parse::<ipnet::IpNet>() {
+                    // A network inside a grant's stands for that grant.
+                    Ok(network)
+                        if network.prefix_len()
+                            >= grants.network_of(network.addr()).prefix_len() =>
+                    {
+                        grants.network_of(network.addr())
+                    }
                     Ok(network) => network.trunc(),
                     Err(_) => match address.parse::<std::net::IpAddr>() {
                         Ok(address) => grants.network_of(address),
@@ -298,6 +308,17 @@ impl Expiry {
     /// `--days` after `from`; `default_days` when neither is given (0: one
     /// of them is required).
     fn resolve(&self, from: u64, default_days: u64) -> Result<u64, Failure> {
+        let expires_at = self.resolve_unchecked(from, default_days)?;
+        if expires_at > now().saturating_add(MAX_VALIDITY_DAYS * 86_400) {
+            return Err(Failure(
+                format!("an account may be valid for at most {MAX_VALIDITY_DAYS} days from now"),
+                EXIT_BAD_CONFIG,
+            ));
+        }
+        Ok(expires_at)
+    }
+
+    fn resolve_unchecked(&self, from: u64, default_days: u64) -> Result<u64, Failure> {
         match (&self.until, self.days) {
             (Some(day), _) => {
                 let start =
@@ -311,7 +332,7 @@ impl Expiry {
                 Ok(start + 86_400)
             }
             (None, Some(days)) => Ok(from.saturating_add(days.saturating_mul(86_400))),
-            (None, None) if default_days > 0 => Ok(from + default_days * 86_400),
+            (None, None) if default_days > 0 => Ok(from.saturating_add(default_days * 86_400)),
             (None, None) => Err(Failure(
                 "give --until YYYY-MM-DD or --days N".into(),
                 EXIT_BAD_CONFIG,
@@ -323,10 +344,16 @@ impl Expiry {
 fn read_password() -> Result<String, Failure> {
     let mut input = String::new();
     std::io::stdin()
-        .take(4096)
+        .take(8192)
         .read_to_string(&mut input)
         .map_err(|e| Failure(format!("cannot read the password: {e}"), 1))?;
     let password = input.lines().next().unwrap_or_default().to_owned();
+    if password.len() >= 4096 {
+        return Err(Failure(
+            "the password is too long: at most 4095 bytes".into(),
+            EXIT_BAD_CONFIG,
+        ));
+    }
     Ok(password)
 }
 
@@ -341,5 +368,12 @@ fn describe(account: &Account) -> String {
 }
 
 fn date(seconds: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
+    // Past the year 9999 the format has no way to say it.
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    match seconds {
+        0..=LAST_SECOND_OF_9999 => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
+        }
+        _ => "after 9999-12-31".into(),
+    }
 }

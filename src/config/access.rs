@@ -77,10 +77,61 @@ impl AccessConfig {
 #[derive(Clone, Debug)]
 pub struct RoutePolicy {
     pub tier: Tier,
-    /// Repository patterns served; empty serves all.
-    pub allow: Vec<String>,
+    /// Repository patterns served; none set serves all.
+    allow: Option<globset::GlobSet>,
     /// Repository patterns refused, even if allowed.
-    pub deny: Vec<String>,
+    deny: Option<globset::GlobSet>,
+}
+
+/// Why a route does not serve a repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotAllowed,
+    Denied,
+}
+
+impl RoutePolicy {
+    pub fn new(tier: Tier, allow: &[String], deny: &[String]) -> Result<RoutePolicy, String> {
+        Ok(RoutePolicy {
+            tier,
+            allow: glob_set(allow)?,
+            deny: glob_set(deny)?,
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.allow.is_none() && self.deny.is_none()
+    }
+
+    /// Whether the allow and deny patterns let `repository` through.
+    pub fn refusal(&self, repository: &str) -> Option<Refusal> {
+        if self
+            .allow
+            .as_ref()
+            .is_some_and(|allow| !allow.is_match(repository))
+        {
+            return Some(Refusal::NotAllowed);
+        }
+        if self
+            .deny
+            .as_ref()
+            .is_some_and(|deny| deny.is_match(repository))
+        {
+            return Some(Refusal::Denied);
+        }
+        None
+    }
+}
+
+fn glob_set(patterns: &[String]) -> Result<Option<globset::GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(repository_glob(pattern)?);
+    }
+    builder.build().map(Some).map_err(|e| e.to_string())
 }
 
 // === the file as written ===
@@ -146,6 +197,14 @@ pub(super) fn resolve_access(raw: RawAccess) -> Result<AccessConfig, ConfigError
         return Err(invalid("access.grant_prefix_v6", "must be from 16 to 128"));
     }
 
+    let login_failures_per_minute = raw.login_failures_per_minute.unwrap_or(10);
+    if login_failures_per_minute == 0 {
+        return Err(invalid(
+            "access.login_failures_per_minute",
+            "must be at least 1: with 0 nobody could ever log in",
+        ));
+    }
+
     let mut limits: BTreeMap<String, Limits> = [TIER_ANONYMOUS, TIER_GRANTED, TIER_SPONSOR]
         .iter()
         .map(|tier| (tier.to_string(), Limits::default()))
@@ -200,7 +259,7 @@ pub(super) fn resolve_access(raw: RawAccess) -> Result<AccessConfig, ConfigError
         grant_ttl,
         grant_prefix_v4,
         grant_prefix_v6,
-        login_failures_per_minute: raw.login_failures_per_minute.unwrap_or(10),
+        login_failures_per_minute,
         limits,
     })
 }
@@ -230,12 +289,12 @@ pub(super) fn resolve_route_policy(
             repository_glob(pattern).map_err(|why| invalid(&key(field), why))?;
         }
     }
-    Ok(RoutePolicy { tier, allow, deny })
+    RoutePolicy::new(tier, &allow, &deny).map_err(|why| invalid(&key("allow"), why))
 }
 
 /// A repository pattern: `*` stays within one path component, `**` spans
 /// several (`kube-*`, `distroless/**`).
-pub fn repository_glob(pattern: &str) -> Result<globset::Glob, String> {
+fn repository_glob(pattern: &str) -> Result<globset::Glob, String> {
     globset::GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()

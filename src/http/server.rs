@@ -180,8 +180,12 @@ async fn access_log(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip())
         .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-    let client_ip =
-        crate::dispatch::client_address(peer, request.headers(), &mirror.trusted_proxies);
+    let client_ip = crate::dispatch::client_address(
+        peer,
+        request.headers(),
+        &mirror.trusted_proxies,
+        mirror.forwarded_header,
+    );
     request.extensions_mut().insert(ClientAddr(client_ip));
     let client = client_ip.to_string();
 

@@ -12,6 +12,7 @@ use redb::{Database, DatabaseError, ReadableTable, Table, TableDefinition, Table
 
 use super::StateError;
 use super::memory::Memory;
+use crate::workers::Workers;
 
 /// Values are stored as an 8-byte big-endian expiry (unix ms, 0 = never) and the value.
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
@@ -31,6 +32,9 @@ pub(crate) struct Embedded {
     /// redb refuses a second open of a file this process already has open, so opens
     /// from this process take turns here instead of spinning on that refusal.
     open_lock: Arc<Mutex<()>>,
+    /// The file is opened on one thread of its own: an open allocates
+    /// megabytes, which tokio's blocking threads would each keep.
+    worker: Workers,
     writes: AtomicUsize,
     counters: Memory,
 }
@@ -45,6 +49,7 @@ impl Embedded {
         let store = Embedded {
             path: data_dir.join(FILE_NAME),
             open_lock: Arc::new(Mutex::new(())),
+            worker: Workers::new("state-file", 1),
             writes: AtomicUsize::new(0),
             counters: Memory::new(),
         };
@@ -220,7 +225,7 @@ impl Embedded {
     ) -> Result<T, StateError> {
         let path = self.path.clone();
         let open_lock = Arc::clone(&self.open_lock);
-        let task = tokio::task::spawn_blocking(move || {
+        let task = self.worker.run(move || {
             let _turn = open_lock.lock().unwrap_or_else(PoisonError::into_inner);
             let db = open_retrying(&path)?;
             op(&db, now_ms()).map_err(|e| StateError::File {
@@ -229,8 +234,13 @@ impl Embedded {
                 message: e.0,
             })
         });
-        task.await
-            .map_err(|e| StateError::Internal(format!("state file task: {e}")))?
+        // redb asserts on some damage (a truncated file) instead of returning
+        // an error; the file is what the operator must hear about.
+        task.await.ok_or_else(|| StateError::File {
+            action,
+            path: self.path.clone(),
+            message: "the file is damaged; move it away (accounts and grants in it are lost) or restore a copy".into(),
+        })?
     }
 }
 
