@@ -264,3 +264,257 @@ async fn serve_without_a_config_is_a_working_mirror() {
         data_dir.display()
     );
 }
+
+/// A configuration whose state store is the embedded file in a fresh data
+/// directory, for the `account` and `grants` commands.
+fn state_config(dir: &Path) -> std::path::PathBuf {
+    let file = dir.join("lank8s.toml");
+    let data_dir = serde_json::to_string(&dir.join("data").display().to_string()).unwrap();
+    std::fs::write(&file, format!("data_dir = {data_dir}\n")).expect("write config");
+    file
+}
+
+/// The UTC date `days` from now, as `account` prints it (YYYY-MM-DD).
+fn date_in(days: u64) -> String {
+    let at = std::time::SystemTime::now() + Duration::from_secs(days * 86_400);
+    humantime::format_rfc3339_seconds(at).to_string()[..10].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn account_add_prints_a_generated_password_once_and_reads_one_from_stdin() {
+    use support::access::{cli, cli_ok, client_at, loopback, token_reply};
+    let lank8s = Lank8s::start("").await;
+    let config = lank8s.config_path();
+    let client = client_at(loopback(1));
+
+    let (before, run, after) = (
+        date_in(30),
+        cli(config, &["account", "add", "alice", "--days", "30"], None),
+        date_in(30),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    let described = |date: &str| format!("alice  tier=sponsor  expires={date}T");
+    assert!(
+        lines[0].starts_with(&described(&before)) || lines[0].starts_with(&described(&after)),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].ends_with("  status=active"), "{}", lines[0]);
+    let password = lines[1]
+        .strip_prefix("password: ")
+        .expect("a password line");
+    assert!(
+        password.len() >= 16,
+        "a short generated password: {password:?}"
+    );
+    for args in [&["account", "show", "alice"][..], &["account", "list"]] {
+        let out = cli_ok(config, args, None);
+        assert!(
+            !out.contains(password),
+            "{args:?} printed the password again: {out}"
+        );
+    }
+    let login = token_reply(&client, &lank8s, "alice", password, "any/repo").await;
+    assert_eq!(
+        login.status,
+        200,
+        "the printed password logs in: {}",
+        login.describe()
+    );
+
+    let run = cli(
+        config,
+        &["account", "add", "bob", "--password-stdin"],
+        Some("bob-chose-this\n"),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout.starts_with("bob  tier=sponsor  expires="),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("password") && !run.stdout.contains("bob-chose-this"),
+        "a password read from stdin is never printed: {}",
+        run.stdout
+    );
+    let login = token_reply(&client, &lank8s, "bob", "bob-chose-this", "any/repo").await;
+    assert_eq!(login.status, 200, "{}", login.describe());
+    let wrong = token_reply(&client, &lank8s, "bob", "bob-chose-that", "any/repo").await;
+    assert_eq!(wrong.status, 401, "control: {}", wrong.describe());
+
+    let run = cli(
+        config,
+        &["account", "add", "carl", "--password-stdin"],
+        Some("short\n"),
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("at least 8 characters"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_are_listed_shown_extended_disabled_and_enabled() {
+    use support::access::cli_ok;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = state_config(dir.path());
+    assert_eq!(cli_ok(&config, &["account", "list"], None), "no accounts\n");
+    let out = cli_ok(
+        &config,
+        &[
+            "account",
+            "add",
+            "alice",
+            "--until",
+            "2031-01-31",
+            "--password-stdin",
+        ],
+        Some("alice-password\n"),
+    );
+    // --until is the last valid day: the account expires as it ends.
+    let alice = |expires: &str, status: &str| {
+        format!("alice  tier=sponsor  expires={expires}  status={status}\n")
+    };
+    assert_eq!(out, alice("2031-02-01T00:00:00Z", "active"));
+    cli_ok(
+        &config,
+        &[
+            "account",
+            "add",
+            "old",
+            "--until",
+            "2020-01-01",
+            "--password-stdin",
+        ],
+        Some("old-password\n"),
+    );
+    let old = "old  tier=sponsor  expires=2020-01-02T00:00:00Z  status=expired\n";
+    let list = cli_ok(&config, &["account", "list"], None);
+    let mut lines: Vec<&str> = list.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            alice("2031-02-01T00:00:00Z", "active").trim_end(),
+            old.trim_end()
+        ]
+    );
+    assert_eq!(cli_ok(&config, &["account", "show", "old"], None), old);
+
+    let steps: [(&[&str], String); 5] = [
+        (
+            &["extend", "alice", "--until", "2032-06-30"],
+            alice("2032-07-01T00:00:00Z", "active"),
+        ),
+        // --days counts from the current expiry when it is later than now.
+        (
+            &["extend", "alice", "--days", "10"],
+            alice("2032-07-11T00:00:00Z", "active"),
+        ),
+        (&["show", "alice"], alice("2032-07-11T00:00:00Z", "active")),
+        (
+            &["disable", "alice"],
+            alice("2032-07-11T00:00:00Z", "disabled") + "revoked 0 grants\n",
+        ),
+        (
+            &["enable", "alice"],
+            alice("2032-07-11T00:00:00Z", "active"),
+        ),
+    ];
+    for (args, want) in steps {
+        let args: Vec<&str> = ["account"].iter().chain(args).copied().collect();
+        assert_eq!(cli_ok(&config, &args, None), want, "{args:?}");
+    }
+    let shown = cli_ok(&config, &["account", "show", "alice"], None);
+    assert_eq!(shown, alice("2032-07-11T00:00:00Z", "active"));
+    // Extending an expired account counts from today.
+    let out = cli_ok(&config, &["account", "extend", "old", "--days", "3"], None);
+    assert!(
+        out.starts_with(&format!("old  tier=sponsor  expires={}T", date_in(3)))
+            && out.ends_with("  status=active\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn account_and_grants_mistakes_exit_with_their_status() {
+    use support::access::{cli, cli_ok};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = state_config(dir.path());
+    cli_ok(
+        &config,
+        &["account", "add", "alice", "--password-stdin"],
+        Some("alice-password\n"),
+    );
+    let cases: [(&[&str], Option<&str>, i32, &str); 6] = [
+        (
+            &["account", "add", "alice", "--password-stdin"],
+            Some("another-password\n"),
+            1,
+            "account \"alice\" already exists",
+        ),
+        (
+            &[
+                "account",
+                "add",
+                "gary",
+                "--tier",
+                "gold",
+                "--password-stdin",
+            ],
+            Some("gary-password\n"),
+            2,
+            "--tier",
+        ),
+        (
+            &[
+                "account",
+                "add",
+                "dora",
+                "--until",
+                "2031-13-45",
+                "--password-stdin",
+            ],
+            Some("dora-password\n"),
+            2,
+            "--until",
+        ),
+        (
+            &["account", "show", "nobody"],
+            None,
+            1,
+            "no account named \"nobody\"",
+        ),
+        (
+            &["account", "disable", "nobody"],
+            None,
+            1,
+            "no account named \"nobody\"",
+        ),
+        (
+            &["grants", "revoke", "127.0.0.9"],
+            None,
+            1,
+            "no grant covers 127.0.0.9/32",
+        ),
+    ];
+    for (args, stdin, code, phrase) in cases {
+        let run = cli(&config, args, stdin);
+        assert_eq!(run.code, Some(code), "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains(phrase),
+            "{args:?} lacks {phrase:?}: {}",
+            run.stderr
+        );
+    }
+    // The refused commands changed nothing.
+    let list = cli_ok(&config, &["account", "list"], None);
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.starts_with("alice  tier=sponsor  "), "{list}");
+    assert_eq!(cli_ok(&config, &["grants", "list"], None), "no grants\n");
+}

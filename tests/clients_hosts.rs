@@ -98,9 +98,10 @@ fn printed_files(stdout: &str) -> BTreeMap<String, String> {
     files
 }
 
+/// gcr.io is a sponsor route by default; here it is opened to everyone.
 fn lank8s_config(k8s: &Registry, gcr: &Registry) -> String {
     format!(
-        "[upstreams.\"registry.k8s.io\"]\nurl = \"{}\"\n\n[upstreams.\"gcr.io\"]\nurl = \"{}\"\n",
+        "[upstreams.\"registry.k8s.io\"]\nurl = \"{}\"\n\n[upstreams.\"gcr.io\"]\nurl = \"{}\"\ntier = \"free\"\n",
         k8s.url(),
         gcr.url()
     )

@@ -352,6 +352,7 @@ async fn pull_and_verify(
     }
 }
 
+/// gcr.io is a sponsor route by default; here every upstream is free.
 fn lank8s_config(stores: &[Registry; 2]) -> String {
     format!(
         r#"
@@ -360,6 +361,7 @@ url = "{a}"
 
 [upstreams."gcr.io"]
 url = "{a}"
+tier = "free"
 
 [upstreams."docker.io"]
 url = "{b}"

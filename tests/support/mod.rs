@@ -2,14 +2,18 @@
 // Each test binary uses only part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod access;
 pub mod artifacts;
 pub mod containerd;
 pub mod cosign;
 pub mod fault;
 pub mod garage;
+pub mod hardening_access;
 pub mod images;
 pub mod lank8s;
+pub mod redis;
 pub mod registry;
+pub mod replicas;
 pub mod runnable;
 pub mod skopeo;
 pub mod storage;
