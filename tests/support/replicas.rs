@@ -47,28 +47,8 @@ pub fn tables(upstream_url: &str, extra: &str) -> String {
 
 /// Runs `lank8s <args> --config <config>` with `stdin`; (exit code, stdout, stderr).
 pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
-    use std::io::Write as _;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lank8s"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    super::scrub_proxy_env(&mut cmd);
-    let mut child = cmd.spawn().expect("spawn lank8s CLI");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write CLI stdin");
-    let out = child.wait_with_output().expect("wait for lank8s CLI");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let run = super::access::cli(config, args, Some(stdin));
+    (run.code.unwrap_or(-1), run.stdout, run.stderr)
 }
 
 /// `lank8s account add <name> --password-stdin`: an active sponsor account.
@@ -101,14 +81,7 @@ pub fn grants_list(config: &Path) -> Vec<String> {
 /// A client whose connections come from `address` (any of 127.0.0.0/8 reaches
 /// lank8s on 127.0.0.1), so that lank8s sees a different client per address.
 pub fn client_from(address: &str) -> Client {
-    let address: IpAddr = address.parse().expect("client address");
-    Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .local_address(address)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("build reqwest client")
+    super::access::client_at(address.parse().expect("client address"))
 }
 
 /// What lank8s answered: status, headers, body.
