@@ -439,7 +439,15 @@ impl Config {
             }
         };
         let level = raw.log.level.unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        // A bare word that is no level parses as a target name and would
+        // silence every other line, so each part must be a level or a
+        // `target=level` directive.
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        let directives_ok = level.split(',').all(|part| {
+            let part = part.trim();
+            part.contains('=') || LEVELS.contains(&part.to_ascii_lowercase().as_str())
+        });
+        if !directives_ok || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(invalid(
                 "log.level",
                 format!("{level:?} is not a level such as \"info\""),
@@ -923,6 +931,8 @@ mod tests {
                 "upstreams.\"gcr.io\".username",
             ),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[log]\nlevel = \"verbose!!\"", "log.level"),
+            ("[log]\nlevel = \"info,loud\"", "log.level"),
             ("[storage]\nbackend = \"s3\"", "storage.bucket"),
             (
                 "[storage]\nbackend = \"ftp\"\nbucket = \"b\"",
