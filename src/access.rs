@@ -28,6 +28,19 @@ pub(crate) fn now() -> u64 {
     crate::cache::now_secs()
 }
 
+/// Seconds since the epoch as an RFC 3339 date, for expiries people read.
+pub fn date(seconds: u64) -> String {
+    // Past the year 9999 the format has no way to say it.
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    match seconds {
+        0..=LAST_SECOND_OF_9999 => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(seconds))
+                .to_string()
+        }
+        _ => "after 9999-12-31".into(),
+    }
+}
+
 /// What the access layer needs to know of a request.
 pub struct Caller<'a> {
     /// The client's address, through trusted proxies.
@@ -114,12 +127,7 @@ impl Access {
                 access.token_ttl,
                 access.signing_key.as_deref(),
             ),
-            grants: Grants::new(
-                state.clone(),
-                access.grant_ttl,
-                access.grant_prefix_v4,
-                access.grant_prefix_v6,
-            ),
+            grants: Grants::new(state.clone(), access),
             limiter: Arc::new(Limiter::new(state.clone(), access.limits.clone())),
             state,
             login_turns: (0..LOGIN_STRIPES)

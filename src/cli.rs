@@ -270,6 +270,18 @@ fn check(file: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Where the state store of a configuration is, in words; a Redis URL may
+/// hold a password, so it is not shown.
+fn describe_state(config: &Config) -> String {
+    match config.state.redis_url() {
+        Some(_) => "redis (shared by replicas)".into(),
+        None => format!(
+            "embedded ({})",
+            crate::state::embedded_path(&config.data_dir).display()
+        ),
+    }
+}
+
 /// The effective routes of a configuration, as `config check` prints them.
 pub fn describe(config: &Config) -> String {
     use std::fmt::Write as _;
@@ -318,16 +330,7 @@ pub fn describe(config: &Config) -> String {
         "storage: {storage}; blobs leave by {:?}",
         config.dispatch.mode
     );
-    let state = match &config.state {
-        crate::config::StateConfig::Embedded => {
-            format!(
-                "embedded ({})",
-                config.data_dir.join("state.redb").display()
-            )
-        }
-        crate::config::StateConfig::Redis(_) => "redis (shared by replicas)".to_owned(),
-    };
-    let _ = writeln!(out, "state: {state}");
+    let _ = writeln!(out, "state: {}", describe_state(config));
     match &config.domain {
         Some(domain) => {
             let _ = writeln!(out, "hosts (domain {domain}):");

@@ -48,11 +48,7 @@ pub enum StartError {
 
 impl Mirror {
     pub async fn open(config: &Config) -> Result<Mirror, StartError> {
-        let redis = match &config.state {
-            crate::config::StateConfig::Embedded => None,
-            crate::config::StateConfig::Redis(url) => Some(url.as_str()),
-        };
-        let state = State::open(redis, &config.data_dir).await?;
+        let state = State::open(config.state.redis_url(), &config.data_dir).await?;
 
         let store =
             Store::open(&config.data_dir, &config.storage).map_err(|source| StartError::Store {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use embedded::Embedded;
+pub use embedded::embedded_path;
 use redis::RedisStore;
 
 /// A handle on the state store; clones share one store.

@@ -199,10 +199,8 @@ impl Accounts {
             return Err(LoginError::Disabled(account.name));
         }
         if at >= account.expires_at {
-            let date = humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_secs(account.expires_at),
-            );
-            return Err(LoginError::Expired(account.name, date.to_string()));
+            let date = super::date(account.expires_at);
+            return Err(LoginError::Expired(account.name, date));
         }
         Ok(account)
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::accounts::Account;
 use super::now;
+use crate::config::AccessConfig;
 use crate::state::{State, StateError, StateKind};
 
 const KEY_PREFIX: &str = "grant/";
@@ -43,12 +44,13 @@ pub struct Grants {
 }
 
 impl Grants {
-    pub fn new(state: State, ttl: Duration, prefix_v4: u8, prefix_v6: u8) -> Grants {
+    /// Grants as `access` configures them: their lifetime and networks.
+    pub fn new(state: State, access: &AccessConfig) -> Grants {
         Grants {
             state,
-            ttl,
-            prefix_v4,
-            prefix_v6,
+            ttl: access.grant_ttl,
+            prefix_v4: access.grant_prefix_v4,
+            prefix_v6: access.grant_prefix_v6,
             lookups: Mutex::new(HashMap::new()),
             snapshot: tokio::sync::Mutex::new((None, HashMap::new())),
         }

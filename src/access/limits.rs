@@ -13,7 +13,7 @@ use ipnet::IpNet;
 
 use super::now;
 use crate::config::Limits;
-use crate::oci::error::RegistryError;
+use crate::oci::error::{RegistryError, retry_seconds};
 use crate::state::{RateLimit, State};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -71,7 +71,7 @@ impl Limiter {
         Err(RegistryError::too_many_requests(
             format!(
                 "requests_per_minute limit of {count} for {tier} clients reached by {network}; retry in {} s",
-                seconds(decision.retry_after)
+                retry_seconds(decision.retry_after)
             ),
             decision.retry_after,
         ))
@@ -101,7 +101,7 @@ impl Limiter {
                     format!(
                         "bytes_per_day limit of {} for {tier} clients reached by {network}; it resets at 00:00 UTC, in {} s",
                         bytesize::ByteSize::b(per_day),
-                        seconds(wait)
+                        retry_seconds(wait)
                     ),
                     wait,
                 ));
@@ -298,10 +298,6 @@ fn day_key(tier: &str, network: IpNet) -> String {
 
 fn day_ttl() -> Duration {
     Duration::from_secs(DAY_SECS + 3600)
-}
-
-fn seconds(wait: Duration) -> u64 {
-    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 #[cfg(test)]

@@ -5,15 +5,15 @@
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use clap::Subcommand;
 
-use super::{EXIT_BAD_CONFIG, load_config};
+use super::{EXIT_BAD_CONFIG, describe_state, load_config};
 use crate::access::accounts::{Account, AccountError, Accounts, generate_password};
 use crate::access::grants::Grants;
-use crate::access::now;
-use crate::config::{Config, StateConfig, TIER_ANONYMOUS, TIER_GRANTED, TIER_SPONSOR};
+use crate::access::{date, now};
+use crate::config::{Config, TIER_ANONYMOUS, TIER_GRANTED, TIER_SPONSOR};
 use crate::state::State;
 
 #[derive(Subcommand)]
@@ -165,7 +165,9 @@ pub fn account(args: StateArgs, command: AccountCommand) -> ExitCode {
                 let mut account = accounts.get(&name).await?;
                 account.disabled = true;
                 accounts.save(&account).await?;
-                let revoked = grants(&config, state).revoke_account(&name).await?;
+                let revoked = Grants::new(state, &config.access)
+                    .revoke_account(&name)
+                    .await?;
                 println!("{}", describe(&account));
                 println!("revoked {revoked} grants");
                 Ok(())
@@ -183,7 +185,7 @@ pub fn account(args: StateArgs, command: AccountCommand) -> ExitCode {
 
 pub fn grants_command(args: StateArgs, command: GrantsCommand) -> ExitCode {
     run(args, |config, state| async move {
-        let grants = grants(&config, state);
+        let grants = Grants::new(state, &config.access);
         match command {
             GrantsCommand::List => {
                 let list = grants.list().await?;
@@ -245,16 +247,6 @@ pub fn grants_command(args: StateArgs, command: GrantsCommand) -> ExitCode {
     })
 }
 
-fn grants(config: &Config, state: State) -> Grants {
-    let access = &config.access;
-    Grants::new(
-        state,
-        access.grant_ttl,
-        access.grant_prefix_v4,
-        access.grant_prefix_v6,
-    )
-}
-
 /// Loads the configuration, opens its state store and runs `command`.
 fn run<F, Fut>(args: StateArgs, command: F) -> ExitCode
 where
@@ -279,19 +271,9 @@ where
         }
     };
     let outcome = runtime.block_on(async move {
-        let redis = match &config.state {
-            StateConfig::Embedded => None,
-            StateConfig::Redis(url) => Some(url.clone()),
-        };
         // Said on stderr, so that a forgotten --config does not go unnoticed.
-        match &redis {
-            Some(_) => eprintln!("lank8s: state store: redis (from the configuration)"),
-            None => eprintln!(
-                "lank8s: state store: {}",
-                config.data_dir.join("state.redb").display()
-            ),
-        }
-        let state = State::open(redis.as_deref(), &config.data_dir).await?;
+        eprintln!("lank8s: state store: {}", describe_state(&config));
+        let state = State::open(config.state.redis_url(), &config.data_dir).await?;
         command(config, state).await
     });
     match outcome {
@@ -365,15 +347,4 @@ fn describe(account: &Account) -> String {
         date(account.expires_at),
         account.status(now())
     )
-}
-
-fn date(seconds: u64) -> String {
-    // Past the year 9999 the format has no way to say it.
-    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
-    match seconds {
-        0..=LAST_SECOND_OF_9999 => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
-        }
-        _ => "after 9999-12-31".into(),
-    }
 }

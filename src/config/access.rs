@@ -310,6 +310,16 @@ pub enum StateConfig {
     Redis(String),
 }
 
+impl StateConfig {
+    /// The Redis URL, or `None` for the embedded store.
+    pub fn redis_url(&self) -> Option<&str> {
+        match self {
+            StateConfig::Embedded => None,
+            StateConfig::Redis(url) => Some(url),
+        }
+    }
+}
+
 impl std::fmt::Debug for StateConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

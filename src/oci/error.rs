@@ -68,6 +68,12 @@ impl ErrorCode {
     }
 }
 
+/// A wait as the whole seconds of `Retry-After`, rounded up: a client
+/// retrying after them must not arrive a fraction too early.
+pub fn retry_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
+}
+
 /// A failure on the registry API, ready to be written as OCI error JSON.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
@@ -138,9 +144,7 @@ impl RegistryError {
 
     /// 429: a fair-use limit; the message names it.
     pub fn too_many_requests(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
-        // Round up: a client retrying after the header's seconds must not
-        // arrive a fraction too early.
-        let seconds = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+        let seconds = retry_seconds(retry_after);
         Self::new(
             Fault::Client,
             StatusCode::TOO_MANY_REQUESTS,

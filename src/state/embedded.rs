@@ -18,6 +18,11 @@ use crate::workers::Workers;
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 type StateTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
 const FILE_NAME: &str = "state.redb";
+
+/// Where the embedded store keeps its file.
+pub fn embedded_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE_NAME)
+}
 /// How long to wait for another process to let go of the file. Its transactions are
 /// single operations, so holding it for more than a few milliseconds means it is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,7 +52,7 @@ impl Embedded {
             source,
         })?;
         let store = Embedded {
-            path: data_dir.join(FILE_NAME),
+            path: embedded_path(data_dir),
             open_lock: Arc::new(Mutex::new(())),
             worker: Workers::new("state-file", 1),
             writes: AtomicUsize::new(0),
