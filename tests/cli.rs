@@ -3,50 +3,20 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+type Run = support::access::CliRun;
 
 /// Runs lank8s with `args` in `cwd`, killing it (by its own handle) if it
 /// has not exited within ten seconds.
 fn lank8s(args: &[&str], cwd: &Path) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lank8s"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("LANK8S_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn lank8s");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for lank8s") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("lank8s {args:?} was still running after 10s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut run = Run {
-        code: status.code(),
-        stdout: String::new(),
-        stderr: String::new(),
-    };
-    let _ = child.stdout.take().unwrap().read_to_string(&mut run.stdout);
-    let _ = child.stderr.take().unwrap().read_to_string(&mut run.stderr);
-    run
+    cmd.args(args).current_dir(cwd);
+    support::access::run_to_end(cmd, None, Duration::from_secs(10))
 }
 
 #[tokio::test(flavor = "multi_thread")]

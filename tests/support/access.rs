@@ -334,10 +334,16 @@ pub struct CliRun {
 /// input; kills it (by its own handle) if it has not exited within 30 s.
 pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> CliRun {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lank8s"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("LANK8S_LOG")
+    cmd.args(args).arg("--config").arg(config);
+    super::scrub_proxy_env(&mut cmd);
+    run_to_end(cmd, stdin, Duration::from_secs(30))
+}
+
+/// Runs a `lank8s` command to its end with `LANK8S_LOG` unset, writing
+/// `stdin` (if any) to it; kills it (by its own handle) if it is still
+/// running after `limit`.
+pub fn run_to_end(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> CliRun {
+    cmd.env_remove("LANK8S_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -345,13 +351,12 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> CliRun {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    super::scrub_proxy_env(&mut cmd);
     let mut child = cmd.spawn().expect("spawn lank8s");
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
         pipe.write_all(input.as_bytes()).expect("write stdin");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for lank8s") {
             break status;
@@ -359,7 +364,7 @@ pub fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> CliRun {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("lank8s {args:?} was still running after 30s");
+            panic!("{cmd:?} was still running after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
